@@ -1,0 +1,511 @@
+//! One MQTT connection: a rumqttc event loop in its own task that reconnects with
+//! backoff and tells its owner what happened through a channel of [`ConnectionEvent`]s.
+//!
+//! rumqttc keeps QoS 1 messages of its own across reconnects, but drops them when
+//! the broker has no stored session, and `publish()` returns no packet id. So this
+//! driver makes rumqttc forget everything at each disconnect and leaves resending
+//! to the owner, which keeps every message until it sees the matching
+//! [`ConnectionEvent::Acked`]. Packet ids are reported in the order the requests
+//! were written ([`ConnectionEvent::Sent`]), so the owner can pair them with its own.
+
+use crate::backoff::Backoff;
+use crate::settings::Settings;
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, Incoming, Outgoing, Publish,
+    QoS, SubscribeFilter, SubscribeReasonCode,
+};
+use rustls::{AlertDescription, CertificateError};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// What one connection needs beyond the shared [`Settings`].
+#[derive(Debug, Clone)]
+pub struct ConnectionOptions {
+    /// Client id (stable, for persistent sessions).
+    pub client_id: String,
+    /// Topic filters to subscribe to with the settings' QoS; renewed whenever the broker has no session.
+    pub subscriptions: Vec<String>,
+    /// Acknowledge incoming QoS 1/2 publishes only when the owner calls `client.ack()`.
+    pub manual_acks: bool,
+    /// Capacity of rumqttc's request channel.
+    pub request_capacity: usize,
+    /// rumqttc's outgoing in-flight limit (keep the owner's own window below it).
+    pub inflight: u16,
+    /// Largest incoming packet accepted, in bytes.
+    pub max_incoming_packet: usize,
+    /// Largest outgoing packet, in bytes.
+    pub max_outgoing_packet: usize,
+}
+
+impl ConnectionOptions {
+    /// Defaults for a client with this id: payloads up to 1 MiB both ways.
+    pub fn new(client_id: impl Into<String>) -> Self {
+        ConnectionOptions {
+            client_id: client_id.into(),
+            subscriptions: Vec::new(),
+            manual_acks: false,
+            request_capacity: 64,
+            inflight: 100,
+            max_incoming_packet: 1 << 20,
+            max_outgoing_packet: 1 << 20,
+        }
+    }
+}
+
+/// What the connection task reports, in order.
+#[derive(Debug)]
+pub enum ConnectionEvent {
+    /// CONNACK accepted.
+    Connected {
+        /// The broker resumed a stored session.
+        session_present: bool,
+    },
+    /// The connection was lost (or an attempt failed). rumqttc will forget every
+    /// request queued or in flight once `resume` is sent or dropped: stop
+    /// publishing, treat everything unacknowledged as unsent, then drop `resume`.
+    Disconnected {
+        /// Why, in plain words.
+        reason: String,
+        /// Drop (or send) once nothing more will be published until `Connected`.
+        resume: oneshot::Sender<()>,
+    },
+    /// An incoming publish (acknowledge it with `client.ack()` when `manual_acks`).
+    Message(Publish),
+    /// A publish was written with this packet id (0 for QoS 0), in request order.
+    Sent(u16),
+    /// The broker acknowledged this packet id (PUBACK for QoS 1, PUBCOMP for QoS 2).
+    Acked(u16),
+    /// The connection cannot succeed without a change of configuration; the task has ended.
+    Failed(PermanentFailure),
+}
+
+/// A connection failure that retrying will not fix (contract section 2, exit code 3).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cannot connect to the broker at {broker}: {cause}")]
+pub struct PermanentFailure {
+    /// `host:port`.
+    pub broker: String,
+    /// The cause and how to fix it.
+    pub cause: String,
+}
+
+/// A running connection.
+pub struct Connection {
+    /// Sends requests to the event loop.
+    pub client: AsyncClient,
+    /// What happens on the connection.
+    pub events: mpsc::UnboundedReceiver<ConnectionEvent>,
+    /// The event loop task; it ends after a permanent failure, a sent DISCONNECT, or cancellation.
+    pub task: JoinHandle<()>,
+}
+
+/// Starts the event loop of one connection in its own task.
+///
+/// The task stops reconnecting once `cancel` fires; to leave cleanly, the owner calls
+/// `client.disconnect()` and awaits `task`.
+pub fn spawn_connection(
+    settings: &Settings,
+    opts: ConnectionOptions,
+    cancel: CancellationToken,
+) -> Connection {
+    let mut mqtt = settings.mqtt_options(&opts.client_id);
+    mqtt.set_manual_acks(opts.manual_acks);
+    mqtt.set_inflight(opts.inflight.max(1));
+    mqtt.set_max_packet_size(opts.max_incoming_packet, opts.max_outgoing_packet);
+    let (client, mut eventloop) = AsyncClient::new(mqtt, opts.request_capacity.max(1));
+    eventloop.network_options.set_tcp_nodelay(true);
+    eventloop
+        .network_options
+        .set_connection_timeout(settings.keepalive.as_secs().clamp(5, 30));
+    let (tx, events) = mpsc::unbounded_channel();
+    let driver = Driver {
+        client: client.clone(),
+        backoff: Backoff::new(settings.reconnect_min, settings.reconnect_max),
+        ctx: FailureContext::new(settings),
+        subscriptions: opts
+            .subscriptions
+            .iter()
+            .map(|t| SubscribeFilter::new(t.clone(), settings.qos))
+            .collect(),
+        qos: settings.qos,
+        client_id: opts.client_id,
+        tx,
+        cancel,
+    };
+    let task = tokio::spawn(async move { driver.run(&mut eventloop).await });
+    Connection {
+        client,
+        events,
+        task,
+    }
+}
+
+struct Driver {
+    client: AsyncClient,
+    backoff: Backoff,
+    ctx: FailureContext,
+    subscriptions: Vec<SubscribeFilter>,
+    qos: QoS,
+    client_id: String,
+    tx: mpsc::UnboundedSender<ConnectionEvent>,
+    cancel: CancellationToken,
+}
+
+impl Driver {
+    async fn run(mut self, el: &mut EventLoop) {
+        // Subscriptions are renewed on every session the broker does not resume, and
+        // also on the first connect of this process, since a stored session may hold
+        // the filters of an earlier configuration.
+        let mut subscribed = false;
+        loop {
+            let polled = if el.network.is_none() {
+                // Nothing half-read can be lost while connecting, so cancellation may interrupt it.
+                tokio::select! {
+                    r = el.poll() => r,
+                    _ = self.cancel.cancelled() => return,
+                }
+            } else {
+                el.poll().await
+            };
+            let event = match polled {
+                Ok(event) => event,
+                Err(e) => {
+                    match classify(&e, &self.ctx) {
+                        Failure::Permanent(cause) => {
+                            let failure = PermanentFailure {
+                                broker: self.ctx.broker.clone(),
+                                cause,
+                            };
+                            tracing::error!(client_id = %self.client_id, "{failure}");
+                            let _ = self.tx.send(ConnectionEvent::Failed(failure));
+                            return;
+                        }
+                        Failure::Transient(reason) => {
+                            if self.cancel.is_cancelled() {
+                                return;
+                            }
+                            if !self.pause(el, reason).await {
+                                return;
+                            }
+                            continue;
+                        }
+                    }
+                }
+            };
+            match event {
+                Event::Incoming(Incoming::ConnAck(ack)) => {
+                    self.backoff.reset();
+                    info!(client_id = %self.client_id, broker = %self.ctx.broker, session_present = ack.session_present, "connected");
+                    if !self.subscriptions.is_empty() && (!ack.session_present || !subscribed) {
+                        if let Err(e) = self.client.try_subscribe_many(self.subscriptions.clone()) {
+                            warn!(client_id = %self.client_id, "cannot queue the subscription: {e}");
+                        }
+                        subscribed = true;
+                    }
+                    let _ = self.tx.send(ConnectionEvent::Connected {
+                        session_present: ack.session_present,
+                    });
+                }
+                Event::Incoming(Incoming::Publish(p)) => {
+                    let _ = self.tx.send(ConnectionEvent::Message(p));
+                }
+                Event::Incoming(Incoming::PubAck(a)) => {
+                    let _ = self.tx.send(ConnectionEvent::Acked(a.pkid));
+                }
+                Event::Incoming(Incoming::PubComp(c)) => {
+                    let _ = self.tx.send(ConnectionEvent::Acked(c.pkid));
+                }
+                Event::Incoming(Incoming::SubAck(s)) => {
+                    if s.return_codes.iter().any(|c| matches!(c, SubscribeReasonCode::Failure)) {
+                        warn!(
+                            client_id = %self.client_id,
+                            "the broker refused a subscription ({:?}): check the ACL for this user",
+                            self.subscriptions.iter().map(|f| &f.path).collect::<Vec<_>>()
+                        );
+                    }
+                }
+                Event::Outgoing(Outgoing::Publish(pkid)) => {
+                    let pkid = if self.qos == QoS::AtMostOnce { 0 } else { pkid };
+                    let _ = self.tx.send(ConnectionEvent::Sent(pkid));
+                }
+                Event::Outgoing(Outgoing::Disconnect) => {
+                    debug!(client_id = %self.client_id, "disconnect sent");
+                    return;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// After a transient failure: let the owner stop publishing, make rumqttc
+    /// forget its queued requests, wait out the backoff. False when cancelled.
+    async fn pause(&mut self, el: &mut EventLoop, reason: String) -> bool {
+        let (resume_tx, resume_rx) = oneshot::channel();
+        let _ = self.tx.send(ConnectionEvent::Disconnected {
+            reason: reason.clone(),
+            resume: resume_tx,
+        });
+        tokio::select! {
+            _ = resume_rx => {}
+            _ = self.cancel.cancelled() => return false,
+        }
+        // Everything rumqttc still holds was (or will be) re-sent by the owner; a
+        // collision left over from the old session would otherwise hang the new one.
+        el.clean();
+        el.pending.clear();
+        el.state.collision = None;
+        let delay = self.backoff.next_delay();
+        warn!(
+            client_id = %self.client_id,
+            broker = %self.ctx.broker,
+            attempt = self.backoff.attempts(),
+            "connection failed: {reason}; retrying in {:.1}s",
+            delay.as_secs_f64()
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => true,
+            _ = self.cancel.cancelled() => false,
+        }
+    }
+}
+
+/// What an error message needs to know about the configuration.
+#[derive(Debug, Clone)]
+struct FailureContext {
+    broker: String,
+    host: String,
+    port: u16,
+    user: Option<String>,
+    tls: bool,
+    client_cert: bool,
+}
+
+impl FailureContext {
+    fn new(s: &Settings) -> Self {
+        FailureContext {
+            broker: s.broker(),
+            host: s.host.clone(),
+            port: s.port,
+            user: s.username.clone(),
+            tls: s.tls.is_some(),
+            client_cert: s.tls.as_ref().is_some_and(|t| t.client_auth.is_some()),
+        }
+    }
+
+    fn user_phrase(&self) -> String {
+        match &self.user {
+            Some(u) => format!(" (user {u:?})"),
+            None => " (no user name was sent: MQTT_USERNAME is not set)".into(),
+        }
+    }
+}
+
+/// Transient failures are retried; permanent ones end the connection.
+#[derive(Debug, PartialEq, Eq)]
+enum Failure {
+    Transient(String),
+    Permanent(String),
+}
+
+fn classify(e: &ConnectionError, ctx: &FailureContext) -> Failure {
+    use Failure::*;
+    match e {
+        ConnectionError::ConnectionRefused(code) => match code {
+            ConnectReturnCode::BadUserNamePassword => Permanent(format!(
+                "the broker refused the user name or password{}; check MQTT_USERNAME and MQTT_PASSWORD",
+                ctx.user_phrase()
+            )),
+            ConnectReturnCode::NotAuthorized => Permanent(format!(
+                "the broker says this client is not authorised{}: wrong password, unknown user, \
+                 or anonymous access is off; check MQTT_USERNAME and MQTT_PASSWORD against the broker's password file",
+                ctx.user_phrase()
+            )),
+            ConnectReturnCode::BadClientId => Permanent(
+                "the broker refused the client id; set MQTT_CLIENT_ID to a shorter id of plain characters".into(),
+            ),
+            ConnectReturnCode::RefusedProtocolVersion => Permanent(
+                "the broker does not speak MQTT 3.1.1".into(),
+            ),
+            ConnectReturnCode::ServiceUnavailable => Transient("the broker is unavailable".into()),
+            ConnectReturnCode::Success => Transient("unexpected CONNACK".into()),
+        },
+        ConnectionError::Tls(rumqttc::TlsError::DNSName(_)) => Permanent(format!(
+            "MQTT_BROKER_HOST={:?} is not a valid host name for TLS",
+            ctx.host
+        )),
+        _ => match find_rustls_error(e) {
+            Some(tls) => classify_tls(tls, ctx),
+            None => Transient(plain_reason(e)),
+        },
+    }
+}
+
+fn classify_tls(e: &rustls::Error, ctx: &FailureContext) -> Failure {
+    use Failure::*;
+    let fix_ca = "set MQTT_CA_CERTS to the CA certificate that signed the broker's certificate (ca.crt from `collector certgen`)";
+    match e {
+        rustls::Error::InvalidCertificate(ce) => Permanent(match ce {
+            CertificateError::NotValidForNameContext { presented, .. } => format!(
+                "TLS: the broker's certificate is not valid for {:?} (it names {}); set MQTT_BROKER_HOST to one of those or, in development only, MQTT_TLS_INSECURE=true",
+                ctx.host,
+                if presented.is_empty() { "no host at all".to_string() } else { presented.join(", ") }
+            ),
+            CertificateError::NotValidForName => format!(
+                "TLS: the broker's certificate is not valid for {:?}; set MQTT_BROKER_HOST to a name the certificate carries or, in development only, MQTT_TLS_INSECURE=true",
+                ctx.host
+            ),
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                "TLS: the broker's certificate has expired; renew it (for development certificates: `collector certgen --force`) and restart the broker".to_string()
+            }
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "TLS: the broker's certificate is not valid yet; check the clock here and where the certificate was made".to_string()
+            }
+            CertificateError::UnknownIssuer => format!(
+                "TLS: the broker's certificate is signed by a CA we do not trust; {fix_ca}"
+            ),
+            CertificateError::BadSignature => format!(
+                "TLS: the broker's certificate has a bad signature; {fix_ca}"
+            ),
+            CertificateError::Revoked => "TLS: the broker's certificate has been revoked".to_string(),
+            other => format!("TLS: the broker's certificate was refused ({other:?}); {fix_ca}"),
+        }),
+        rustls::Error::AlertReceived(alert) => match alert {
+            AlertDescription::CertificateRequired | AlertDescription::HandshakeFailure
+                if !ctx.client_cert =>
+            {
+                Permanent("TLS: the broker requires a client certificate and none is configured; set MQTT_CERTFILE and MQTT_KEYFILE".into())
+            }
+            AlertDescription::CertificateRequired => {
+                Permanent("TLS: the broker requires a client certificate and refused ours; check MQTT_CERTFILE and MQTT_KEYFILE".into())
+            }
+            AlertDescription::UnknownCA
+            | AlertDescription::BadCertificate
+            | AlertDescription::CertificateUnknown
+            | AlertDescription::CertificateExpired
+            | AlertDescription::CertificateRevoked
+            | AlertDescription::UnsupportedCertificate
+            | AlertDescription::DecryptError
+            | AlertDescription::AccessDenied
+                if ctx.client_cert =>
+            {
+                Permanent(format!(
+                    "TLS: the broker rejected our client certificate ({alert:?}); MQTT_CERTFILE must be signed by the CA the broker trusts and not expired"
+                ))
+            }
+            AlertDescription::HandshakeFailure | AlertDescription::ProtocolVersion => Permanent(format!(
+                "TLS: the broker refused the handshake ({alert:?}); check its TLS version and cipher settings"
+            )),
+            other => Transient(format!("TLS alert from the broker: {other:?}")),
+        },
+        rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } | rustls::Error::InappropriateHandshakeMessage { .. } => {
+            Permanent(format!(
+                "TLS: the broker did not answer with TLS; is port {} a TLS listener? (8883 usually is, 1883 is plain MQTT)",
+                ctx.port
+            ))
+        }
+        other if ctx.tls => Permanent(format!("TLS: {other}")),
+        other => Transient(other.to_string()),
+    }
+}
+
+/// rustls errors arrive wrapped in `io::Error`s at varying depths.
+fn find_rustls_error(e: &ConnectionError) -> Option<&rustls::Error> {
+    fn from_io(io: &std::io::Error) -> Option<&rustls::Error> {
+        let inner = io.get_ref()?;
+        if let Some(r) = inner.downcast_ref::<rustls::Error>() {
+            return Some(r);
+        }
+        inner.downcast_ref::<std::io::Error>().and_then(from_io)
+    }
+    match e {
+        ConnectionError::Tls(rumqttc::TlsError::TLS(r)) => Some(r),
+        ConnectionError::Tls(rumqttc::TlsError::Io(io)) => from_io(io),
+        ConnectionError::Io(io) => from_io(io),
+        ConnectionError::MqttState(rumqttc::StateError::Io(io)) => from_io(io),
+        _ => None,
+    }
+}
+
+fn plain_reason(e: &ConnectionError) -> String {
+    use std::io::ErrorKind::*;
+    let io = match e {
+        ConnectionError::Io(io) => Some(io),
+        ConnectionError::MqttState(rumqttc::StateError::Io(io)) => Some(io),
+        ConnectionError::Tls(rumqttc::TlsError::Io(io)) => Some(io),
+        _ => None,
+    };
+    match (e, io.map(|io| io.kind())) {
+        (_, Some(ConnectionRefused)) => "connection refused (is the broker running and listening on this port?)".into(),
+        (_, Some(ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof)) => {
+            "the broker closed the connection".into()
+        }
+        (_, Some(TimedOut)) | (ConnectionError::NetworkTimeout, _) => "timed out".into(),
+        (ConnectionError::MqttState(rumqttc::StateError::AwaitPingResp), _) => {
+            "no answer to keepalive ping: the connection is dead".into()
+        }
+        _ => e.to_string(),
+    }
+}
+
+/// Waits for the next event, giving up after `timeout` (helper for owners and tests).
+pub async fn next_event(
+    events: &mut mpsc::UnboundedReceiver<ConnectionEvent>,
+    timeout: Duration,
+) -> Option<ConnectionEvent> {
+    tokio::time::timeout(timeout, events.recv()).await.ok().flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(client_cert: bool) -> FailureContext {
+        FailureContext {
+            broker: "localhost:8883".into(),
+            host: "mqtt.example.com".into(),
+            port: 8883,
+            user: Some("alice".into()),
+            tls: true,
+            client_cert,
+        }
+    }
+
+    #[test]
+    fn refusals_are_permanent_with_a_hint() {
+        let Failure::Permanent(m) = classify(&ConnectionError::ConnectionRefused(ConnectReturnCode::BadUserNamePassword), &ctx(false)) else { panic!() };
+        assert!(m.contains("MQTT_PASSWORD") && m.contains("alice"), "{m}");
+        let Failure::Permanent(m) = classify(&ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized), &ctx(false)) else { panic!() };
+        assert!(m.contains("not authorised"), "{m}");
+        assert!(matches!(
+            classify(&ConnectionError::ConnectionRefused(ConnectReturnCode::ServiceUnavailable), &ctx(false)),
+            Failure::Transient(_)
+        ));
+    }
+
+    #[test]
+    fn network_errors_are_transient() {
+        let e = ConnectionError::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(matches!(classify(&e, &ctx(false)), Failure::Transient(m) if m.contains("refused")));
+        assert!(matches!(classify(&ConnectionError::NetworkTimeout, &ctx(false)), Failure::Transient(_)));
+    }
+
+    #[test]
+    fn certificate_errors_name_the_cause() {
+        let wrap = |r: rustls::Error| ConnectionError::Tls(rumqttc::TlsError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, r)));
+        let name = rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext {
+            expected: rustls::pki_types::ServerName::try_from("mqtt.example.com").unwrap().to_owned(),
+            presented: vec!["localhost".into(), "127.0.0.1".into()],
+        });
+        let Failure::Permanent(m) = classify(&wrap(name), &ctx(false)) else { panic!() };
+        assert_eq!(m, "TLS: the broker's certificate is not valid for \"mqtt.example.com\" (it names localhost, 127.0.0.1); set MQTT_BROKER_HOST to one of those or, in development only, MQTT_TLS_INSECURE=true");
+        let Failure::Permanent(m) = classify(&wrap(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)), &ctx(false)) else { panic!() };
+        assert!(m.contains("MQTT_CA_CERTS"), "{m}");
+        let Failure::Permanent(m) = classify(&wrap(rustls::Error::AlertReceived(AlertDescription::CertificateRequired)), &ctx(false)) else { panic!() };
+        assert!(m.contains("requires a client certificate"), "{m}");
+        let Failure::Permanent(m) = classify(&wrap(rustls::Error::AlertReceived(AlertDescription::UnknownCA)), &ctx(true)) else { panic!() };
+        assert!(m.contains("rejected our client certificate"), "{m}");
+    }
+}

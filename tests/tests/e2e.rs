@@ -1,0 +1,6 @@
+//! End-to-end tests: each starts its own Mosquitto on free loopback ports and runs the real binaries.
+
+mod collector;
+mod connection;
+mod device_sim;
+mod operator_kit;
