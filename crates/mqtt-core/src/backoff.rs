@@ -54,7 +54,9 @@ impl Backoff {
         if low >= base {
             return base;
         }
-        let nanos = self.rng.random_range(low.as_nanos() as u64..=base.as_nanos() as u64);
+        let nanos = self
+            .rng
+            .random_range(low.as_nanos() as u64..=base.as_nanos() as u64);
         Duration::from_nanos(nanos)
     }
 

@@ -144,7 +144,11 @@ impl CertificateAuthority {
     }
 
     /// A server certificate naming [`LOCAL_NAMES`] and `hosts`.
-    pub fn issue_server(&self, hosts: &[String], validity: Validity) -> Result<Issued, CertgenError> {
+    pub fn issue_server(
+        &self,
+        hosts: &[String],
+        validity: Validity,
+    ) -> Result<Issued, CertgenError> {
         let mut sans: Vec<String> = LOCAL_NAMES.iter().map(|s| s.to_string()).collect();
         for h in hosts {
             if !sans.contains(h) {
@@ -155,7 +159,11 @@ impl CertificateAuthority {
     }
 
     /// A server certificate naming exactly `names` (tests use it for a certificate of another host).
-    pub fn issue_server_exact(&self, names: &[String], validity: Validity) -> Result<Issued, CertgenError> {
+    pub fn issue_server_exact(
+        &self,
+        names: &[String],
+        validity: Validity,
+    ) -> Result<Issued, CertgenError> {
         let cn = names.first().map(String::as_str).unwrap_or("mqtt-broker");
         let mut params = base_params(names.to_vec(), cn, validity, "the server")?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
@@ -177,7 +185,9 @@ impl CertificateAuthority {
 
     fn sign(&self, params: CertificateParams, what: &str) -> Result<Issued, CertgenError> {
         let key = KeyPair::generate().map_err(gen_err(what))?;
-        let cert = params.signed_by(&key, &self.issuer).map_err(gen_err(what))?;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(gen_err(what))?;
         Ok(Issued {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
@@ -217,7 +227,11 @@ impl DevCertificates {
         let mut files = vec![
             ("ca.crt".to_string(), self.ca.cert_pem.as_str(), false),
             ("ca.key".to_string(), self.ca.key_pem.as_str(), true),
-            ("server.crt".to_string(), self.server.cert_pem.as_str(), false),
+            (
+                "server.crt".to_string(),
+                self.server.cert_pem.as_str(),
+                false,
+            ),
             ("server.key".to_string(), self.server.key_pem.as_str(), true),
         ];
         for (name, issued) in &self.clients {
@@ -243,11 +257,15 @@ impl DevCertificates {
         let mut written = Vec::new();
         for (name, contents, secret) in files {
             let path = dir.join(&name);
-            write_file(&path, contents.as_bytes(), if secret { 0o600 } else { 0o644 })
-                .map_err(|source| CertgenError::Write {
-                    path: path.clone(),
-                    source,
-                })?;
+            write_file(
+                &path,
+                contents.as_bytes(),
+                if secret { 0o600 } else { 0o644 },
+            )
+            .map_err(|source| CertgenError::Write {
+                path: path.clone(),
+                source,
+            })?;
             written.push(path);
         }
         Ok(written)
@@ -290,7 +308,8 @@ mod tests {
     #[test]
     fn writes_keys_private_and_refuses_to_overwrite() {
         let dir = tempfile::tempdir().unwrap();
-        let set = DevCertificates::generate(&["broker.example".into()], &["vehicle_01".into()], 10).unwrap();
+        let set = DevCertificates::generate(&["broker.example".into()], &["vehicle_01".into()], 10)
+            .unwrap();
         let written = set.write(dir.path(), false).unwrap();
         assert_eq!(written.len(), 6);
         #[cfg(unix)]
@@ -298,7 +317,11 @@ mod tests {
             use std::os::unix::fs::PermissionsExt;
             for p in &written {
                 let mode = std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-                let want = if p.extension().unwrap() == "key" { 0o600 } else { 0o644 };
+                let want = if p.extension().unwrap() == "key" {
+                    0o600
+                } else {
+                    0o644
+                };
                 assert_eq!(mode, want, "{}", p.display());
             }
         }

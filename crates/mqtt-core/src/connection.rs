@@ -172,28 +172,26 @@ impl Driver {
             };
             let event = match polled {
                 Ok(event) => event,
-                Err(e) => {
-                    match classify(&e, &self.ctx) {
-                        Failure::Permanent(cause) => {
-                            let failure = PermanentFailure {
-                                broker: self.ctx.broker.clone(),
-                                cause,
-                            };
-                            tracing::error!(client_id = %self.client_id, "{failure}");
-                            let _ = self.tx.send(ConnectionEvent::Failed(failure));
+                Err(e) => match classify(&e, &self.ctx) {
+                    Failure::Permanent(cause) => {
+                        let failure = PermanentFailure {
+                            broker: self.ctx.broker.clone(),
+                            cause,
+                        };
+                        tracing::error!(client_id = %self.client_id, "{failure}");
+                        let _ = self.tx.send(ConnectionEvent::Failed(failure));
+                        return;
+                    }
+                    Failure::Transient(reason) => {
+                        if self.cancel.is_cancelled() {
                             return;
                         }
-                        Failure::Transient(reason) => {
-                            if self.cancel.is_cancelled() {
-                                return;
-                            }
-                            if !self.pause(el, reason).await {
-                                return;
-                            }
-                            continue;
+                        if !self.pause(el, reason).await {
+                            return;
                         }
+                        continue;
                     }
-                }
+                },
             };
             match event {
                 Event::Incoming(Incoming::ConnAck(ack)) => {
@@ -219,7 +217,10 @@ impl Driver {
                     let _ = self.tx.send(ConnectionEvent::Acked(c.pkid));
                 }
                 Event::Incoming(Incoming::SubAck(s)) => {
-                    if s.return_codes.iter().any(|c| matches!(c, SubscribeReasonCode::Failure)) {
+                    if s.return_codes
+                        .iter()
+                        .any(|c| matches!(c, SubscribeReasonCode::Failure))
+                    {
                         warn!(
                             client_id = %self.client_id,
                             "the broker refused a subscription ({:?}): check the ACL for this user",
@@ -438,7 +439,9 @@ fn plain_reason(e: &ConnectionError) -> String {
         _ => None,
     };
     match (e, io.map(|io| io.kind())) {
-        (_, Some(ConnectionRefused)) => "connection refused (is the broker running and listening on this port?)".into(),
+        (_, Some(ConnectionRefused)) => {
+            "connection refused (is the broker running and listening on this port?)".into()
+        }
         (_, Some(ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof)) => {
             "the broker closed the connection".into()
         }
@@ -455,7 +458,10 @@ pub async fn next_event(
     events: &mut mpsc::UnboundedReceiver<ConnectionEvent>,
     timeout: Duration,
 ) -> Option<ConnectionEvent> {
-    tokio::time::timeout(timeout, events.recv()).await.ok().flatten()
+    tokio::time::timeout(timeout, events.recv())
+        .await
+        .ok()
+        .flatten()
 }
 
 #[cfg(test)]
@@ -475,12 +481,25 @@ mod tests {
 
     #[test]
     fn refusals_are_permanent_with_a_hint() {
-        let Failure::Permanent(m) = classify(&ConnectionError::ConnectionRefused(ConnectReturnCode::BadUserNamePassword), &ctx(false)) else { panic!() };
+        let Failure::Permanent(m) = classify(
+            &ConnectionError::ConnectionRefused(ConnectReturnCode::BadUserNamePassword),
+            &ctx(false),
+        ) else {
+            panic!()
+        };
         assert!(m.contains("MQTT_PASSWORD") && m.contains("alice"), "{m}");
-        let Failure::Permanent(m) = classify(&ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized), &ctx(false)) else { panic!() };
+        let Failure::Permanent(m) = classify(
+            &ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized),
+            &ctx(false),
+        ) else {
+            panic!()
+        };
         assert!(m.contains("not authorised"), "{m}");
         assert!(matches!(
-            classify(&ConnectionError::ConnectionRefused(ConnectReturnCode::ServiceUnavailable), &ctx(false)),
+            classify(
+                &ConnectionError::ConnectionRefused(ConnectReturnCode::ServiceUnavailable),
+                &ctx(false)
+            ),
             Failure::Transient(_)
         ));
     }
@@ -488,24 +507,57 @@ mod tests {
     #[test]
     fn network_errors_are_transient() {
         let e = ConnectionError::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
-        assert!(matches!(classify(&e, &ctx(false)), Failure::Transient(m) if m.contains("refused")));
-        assert!(matches!(classify(&ConnectionError::NetworkTimeout, &ctx(false)), Failure::Transient(_)));
+        assert!(
+            matches!(classify(&e, &ctx(false)), Failure::Transient(m) if m.contains("refused"))
+        );
+        assert!(matches!(
+            classify(&ConnectionError::NetworkTimeout, &ctx(false)),
+            Failure::Transient(_)
+        ));
     }
 
     #[test]
     fn certificate_errors_name_the_cause() {
-        let wrap = |r: rustls::Error| ConnectionError::Tls(rumqttc::TlsError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, r)));
+        let wrap = |r: rustls::Error| {
+            ConnectionError::Tls(rumqttc::TlsError::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                r,
+            )))
+        };
         let name = rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext {
-            expected: rustls::pki_types::ServerName::try_from("mqtt.example.com").unwrap().to_owned(),
+            expected: rustls::pki_types::ServerName::try_from("mqtt.example.com")
+                .unwrap()
+                .to_owned(),
             presented: vec!["localhost".into(), "127.0.0.1".into()],
         });
-        let Failure::Permanent(m) = classify(&wrap(name), &ctx(false)) else { panic!() };
+        let Failure::Permanent(m) = classify(&wrap(name), &ctx(false)) else {
+            panic!()
+        };
         assert_eq!(m, "TLS: the broker's certificate is not valid for \"mqtt.example.com\" (it names localhost, 127.0.0.1); set MQTT_BROKER_HOST to one of those or, in development only, MQTT_TLS_INSECURE=true");
-        let Failure::Permanent(m) = classify(&wrap(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)), &ctx(false)) else { panic!() };
+        let Failure::Permanent(m) = classify(
+            &wrap(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer,
+            )),
+            &ctx(false),
+        ) else {
+            panic!()
+        };
         assert!(m.contains("MQTT_CA_CERTS"), "{m}");
-        let Failure::Permanent(m) = classify(&wrap(rustls::Error::AlertReceived(AlertDescription::CertificateRequired)), &ctx(false)) else { panic!() };
+        let Failure::Permanent(m) = classify(
+            &wrap(rustls::Error::AlertReceived(
+                AlertDescription::CertificateRequired,
+            )),
+            &ctx(false),
+        ) else {
+            panic!()
+        };
         assert!(m.contains("requires a client certificate"), "{m}");
-        let Failure::Permanent(m) = classify(&wrap(rustls::Error::AlertReceived(AlertDescription::UnknownCA)), &ctx(true)) else { panic!() };
+        let Failure::Permanent(m) = classify(
+            &wrap(rustls::Error::AlertReceived(AlertDescription::UnknownCA)),
+            &ctx(true),
+        ) else {
+            panic!()
+        };
         assert!(m.contains("rejected our client certificate"), "{m}");
     }
 }

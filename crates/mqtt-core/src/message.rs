@@ -122,10 +122,23 @@ mod tests {
         assert!(validate_device_id("a.b-c_D9").is_ok());
         assert!(validate_device_id(&"x".repeat(128)).is_ok());
         assert_eq!(validate_device_id(""), Err(DeviceIdError::Empty));
-        assert_eq!(validate_device_id(&"x".repeat(129)), Err(DeviceIdError::TooLong(129)));
+        assert_eq!(
+            validate_device_id(&"x".repeat(129)),
+            Err(DeviceIdError::TooLong(129))
+        );
         let err = validate_device_id("a/b").unwrap_err().to_string();
-        assert_eq!(err, r#"device_id "a/b" has characters outside [A-Za-z0-9_.-]"#);
-        for bad in ["a+b", "#", "a b", "é", "x'; DROP TABLE telemetry;--", "a\u{0}b"] {
+        assert_eq!(
+            err,
+            r#"device_id "a/b" has characters outside [A-Za-z0-9_.-]"#
+        );
+        for bad in [
+            "a+b",
+            "#",
+            "a b",
+            "é",
+            "x'; DROP TABLE telemetry;--",
+            "a\u{0}b",
+        ] {
             assert!(validate_device_id(bad).is_err(), "{bad}");
         }
     }
@@ -154,10 +167,24 @@ mod tests {
         };
         let v: serde_json::Value = serde_json::from_slice(&t.to_json()).unwrap();
         for field in [
-            "device_id", "seq", "timestamp", "speed", "cpu_usage", "ram_usage", "memory_total",
-            "memory_used", "memory_available", "memory_percent", "disk_total", "disk_used",
-            "disk_free", "disk_percent", "network_bytes_sent", "network_bytes_recv",
-            "detection_label", "detection_confidence",
+            "device_id",
+            "seq",
+            "timestamp",
+            "speed",
+            "cpu_usage",
+            "ram_usage",
+            "memory_total",
+            "memory_used",
+            "memory_available",
+            "memory_percent",
+            "disk_total",
+            "disk_used",
+            "disk_free",
+            "disk_percent",
+            "network_bytes_sent",
+            "network_bytes_recv",
+            "detection_label",
+            "detection_confidence",
         ] {
             assert!(v.get(field).is_some(), "{field}");
         }

@@ -63,7 +63,9 @@ pub enum SettingsError {
         source: std::io::Error,
     },
     /// A PEM file holds no certificate.
-    #[error("{var}={path:?} contains no PEM certificate (expected \"-----BEGIN CERTIFICATE-----\")")]
+    #[error(
+        "{var}={path:?} contains no PEM certificate (expected \"-----BEGIN CERTIFICATE-----\")"
+    )]
     NoCertificate {
         /// The variable.
         var: &'static str,
@@ -71,7 +73,9 @@ pub enum SettingsError {
         path: PathBuf,
     },
     /// A PEM file holds no private key.
-    #[error("{var}={path:?} contains no usable private key (PKCS#8, PKCS#1 or SEC1 PEM): {reason}")]
+    #[error(
+        "{var}={path:?} contains no usable private key (PKCS#8, PKCS#1 or SEC1 PEM): {reason}"
+    )]
     NoKey {
         /// The variable.
         var: &'static str,
@@ -307,7 +311,10 @@ impl Settings {
     pub fn from_env(env: &Env) -> Result<Settings, SettingsError> {
         let use_tls = env.bool("MQTT_USE_TLS", false)?;
         let insecure = env.bool("MQTT_TLS_INSECURE", false)?;
-        let host = env.get("MQTT_BROKER_HOST").unwrap_or("localhost").to_string();
+        let host = env
+            .get("MQTT_BROKER_HOST")
+            .unwrap_or("localhost")
+            .to_string();
         if host.contains(char::is_whitespace) || host.contains('/') {
             return Err(SettingsError::Invalid {
                 var: "MQTT_BROKER_HOST",
@@ -328,7 +335,10 @@ impl Settings {
             None => 1883,
         };
         let keepalive = env
-            .parse::<u16>("MQTT_KEEPALIVE", "whole seconds from 1 to 65535, or 0 to disable")?
+            .parse::<u16>(
+                "MQTT_KEEPALIVE",
+                "whole seconds from 1 to 65535, or 0 to disable",
+            )?
             .unwrap_or(60);
         let qos = match env.parse::<u8>("MQTT_QOS", "0, 1 or 2")? {
             None | Some(1) => QoS::AtLeastOnce,
@@ -348,7 +358,10 @@ impl Settings {
         if reconnect_max < reconnect_min {
             return Err(SettingsError::Invalid {
                 var: "MQTT_RECONNECT_MAX_DELAY",
-                value: env.get("MQTT_RECONNECT_MAX_DELAY").unwrap_or("120").to_string(),
+                value: env
+                    .get("MQTT_RECONNECT_MAX_DELAY")
+                    .unwrap_or("120")
+                    .to_string(),
                 expected: "a number of seconds not smaller than MQTT_RECONNECT_MIN_DELAY",
             });
         }
@@ -521,8 +534,13 @@ mod tests {
         ] {
             assert_eq!(parse_bool(v), Some(want), "{v}");
         }
-        let err = settings(&[("MQTT_USE_TLS", "maybe")]).unwrap_err().to_string();
-        assert!(err.contains("MQTT_USE_TLS") && err.contains("maybe"), "{err}");
+        let err = settings(&[("MQTT_USE_TLS", "maybe")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("MQTT_USE_TLS") && err.contains("maybe"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -542,8 +560,13 @@ mod tests {
 
     #[test]
     fn password_never_appears_in_errors_or_debug() {
-        let err = settings(&[("MQTT_PASSWORD", "s3cr3t")]).unwrap_err().to_string();
-        assert!(err.contains("MQTT_USERNAME") && !err.contains("s3cr3t"), "{err}");
+        let err = settings(&[("MQTT_PASSWORD", "s3cr3t")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("MQTT_USERNAME") && !err.contains("s3cr3t"),
+            "{err}"
+        );
         let s = settings(&[("MQTT_USERNAME", "u"), ("MQTT_PASSWORD", "s3cr3t")]).unwrap();
         assert!(!format!("{s:?}").contains("s3cr3t"));
     }
@@ -561,7 +584,10 @@ mod tests {
         let err = settings(&[("MQTT_USE_TLS", "on"), ("MQTT_CA_CERTS", "/no/such/ca.crt")])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("MQTT_CA_CERTS") && err.contains("/no/such/ca.crt"), "{err}");
+        assert!(
+            err.contains("MQTT_CA_CERTS") && err.contains("/no/such/ca.crt"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -570,7 +596,11 @@ mod tests {
         let set = crate::certgen::DevCertificates::generate(&[], &[], 30).unwrap();
         let ca = dir.path().join("ca.crt");
         std::fs::write(&ca, &set.ca.cert_pem).unwrap();
-        let s = settings(&[("MQTT_USE_TLS", "yes"), ("MQTT_CA_CERTS", ca.to_str().unwrap())]).unwrap();
+        let s = settings(&[
+            ("MQTT_USE_TLS", "yes"),
+            ("MQTT_CA_CERTS", ca.to_str().unwrap()),
+        ])
+        .unwrap();
         assert_eq!(s.port, 8883);
         assert!(s.tls.is_some());
     }
@@ -588,7 +618,9 @@ mod tests {
 
     #[test]
     fn env_file_missing_is_an_error_and_environment_wins() {
-        let err = Env::load(Some(Path::new("/no/such/.env"))).unwrap_err().to_string();
+        let err = Env::load(Some(Path::new("/no/such/.env")))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/no/such/.env"), "{err}");
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("x.env");
