@@ -1,0 +1,78 @@
+//! Test certificates on disk, made by mqtt-core's own generator.
+
+use mqtt_core::certgen::{CertificateAuthority, Issued, Validity};
+use std::path::{Path, PathBuf};
+use tempfile::TempDir;
+
+/// A CA with a server certificate, and client certificates on demand.
+pub struct Pki {
+    /// Holds every file.
+    pub dir: TempDir,
+    /// The CA certificate.
+    pub ca_crt: PathBuf,
+    /// The server certificate.
+    pub server_crt: PathBuf,
+    /// The server key.
+    pub server_key: PathBuf,
+    ca: CertificateAuthority,
+}
+
+fn write(dir: &Path, name: &str, issued: &Issued) -> (PathBuf, PathBuf) {
+    let crt = dir.join(format!("{name}.crt"));
+    let key = dir.join(format!("{name}.key"));
+    std::fs::write(&crt, &issued.cert_pem).unwrap();
+    mqtt_core::certgen::write_file(&key, issued.key_pem.as_bytes(), 0o600).unwrap();
+    (crt, key)
+}
+
+impl Pki {
+    /// A CA and a server certificate for localhost, 127.0.0.1 and ::1.
+    pub fn new() -> Pki {
+        Self::build(|ca| ca.issue_server(&[], Validity::days(30)))
+    }
+
+    /// A server certificate naming only `names`.
+    pub fn with_server_names(names: &[&str]) -> Pki {
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        Self::build(|ca| ca.issue_server_exact(&names, Validity::days(30)))
+    }
+
+    /// A server certificate for the local names that expired yesterday.
+    pub fn expired_server() -> Pki {
+        Self::build(|ca| ca.issue_server(&[], Validity::expired()))
+    }
+
+    /// A server certificate for the local names valid only from tomorrow.
+    pub fn not_yet_valid_server() -> Pki {
+        Self::build(|ca| ca.issue_server(&[], Validity::not_yet_valid()))
+    }
+
+    fn build(
+        server: impl FnOnce(&CertificateAuthority) -> Result<Issued, mqtt_core::certgen::CertgenError>,
+    ) -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CertificateAuthority::new("e2e test CA", Validity::days(30)).unwrap();
+        let ca_crt = dir.path().join("ca.crt");
+        std::fs::write(&ca_crt, &ca.issued().cert_pem).unwrap();
+        let (server_crt, server_key) = write(dir.path(), "server", &server(&ca).unwrap());
+        Pki {
+            dir,
+            ca_crt,
+            server_crt,
+            server_key,
+            ca,
+        }
+    }
+
+    /// A client certificate with common name `name`, signed by this CA: (cert, key).
+    pub fn client(&self, name: &str) -> (PathBuf, PathBuf) {
+        let issued = self.ca.issue_client(name, Validity::days(30)).unwrap();
+        write(self.dir.path(), name, &issued)
+    }
+}
+
+impl Default for Pki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
