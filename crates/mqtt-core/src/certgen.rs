@@ -23,6 +23,14 @@ pub enum CertgenError {
         /// rcgen's error.
         source: rcgen::Error,
     },
+    /// A `--client` name that cannot be a certificate's file name.
+    #[error("cannot use {name:?} as a client name: {reason}")]
+    ClientName {
+        /// The name given.
+        name: String,
+        /// Why it is refused.
+        reason: String,
+    },
     /// A file exists and `force` was not given.
     #[error("{0} already exists; pass --force to overwrite the whole set (nothing was written)")]
     Exists(PathBuf),
@@ -96,8 +104,16 @@ fn gen_err(what: &str) -> impl FnOnce(rcgen::Error) -> CertgenError + '_ {
     }
 }
 
+/// The organisational unit of each kind of certificate: it keeps the subjects of
+/// the CA, the server and the clients distinct even when a client is named like
+/// the server (`--client localhost`), so no certificate can pass for another kind.
+const UNIT_CA: &str = "certificate authority";
+const UNIT_SERVER: &str = "broker";
+const UNIT_CLIENT: &str = "client";
+
 fn base_params(
     sans: Vec<String>,
+    unit: &str,
     common_name: &str,
     validity: Validity,
     what: &str,
@@ -105,6 +121,7 @@ fn base_params(
     let mut params = CertificateParams::new(sans).map_err(gen_err(what))?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "mqtt-telemetry");
+    dn.push(DnType::OrganizationalUnitName, unit);
     dn.push(DnType::CommonName, common_name);
     params.distinguished_name = dn;
     params.not_before = validity.not_before;
@@ -119,8 +136,9 @@ fn base_params(
 impl CertificateAuthority {
     /// A new self-signed CA.
     pub fn new(common_name: &str, validity: Validity) -> Result<Self, CertgenError> {
-        let mut params = base_params(vec![], common_name, validity, "the CA")?;
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let mut params = base_params(vec![], UNIT_CA, common_name, validity, "the CA")?;
+        // The CA signs leaf certificates only; no intermediate CA can hang below it.
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
             KeyUsagePurpose::CrlSign,
@@ -165,7 +183,7 @@ impl CertificateAuthority {
         validity: Validity,
     ) -> Result<Issued, CertgenError> {
         let cn = names.first().map(String::as_str).unwrap_or("mqtt-broker");
-        let mut params = base_params(names.to_vec(), cn, validity, "the server")?;
+        let mut params = base_params(names.to_vec(), UNIT_SERVER, cn, validity, "the server")?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
@@ -177,7 +195,7 @@ impl CertificateAuthority {
     /// A client certificate whose common name is `name` (Mosquitto's `use_identity_as_username` reads it).
     pub fn issue_client(&self, name: &str, validity: Validity) -> Result<Issued, CertgenError> {
         let what = format!("client {name:?}");
-        let mut params = base_params(vec![], name, validity, &what)?;
+        let mut params = base_params(vec![], UNIT_CLIENT, name, validity, &what)?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         self.sign(params, &what)
@@ -207,7 +225,18 @@ pub struct DevCertificates {
 
 impl DevCertificates {
     /// Generates a CA, a server certificate for [`LOCAL_NAMES`] plus `hosts`, and the clients.
+    /// A client name must be a valid device id (the contract's rule, so it is also
+    /// a safe file name) and must not collide with the CA's or the server's files.
     pub fn generate(hosts: &[String], clients: &[String], days: u32) -> Result<Self, CertgenError> {
+        for (i, name) in clients.iter().enumerate() {
+            check_client_name(name)?;
+            if clients[..i].contains(name) {
+                return Err(CertgenError::ClientName {
+                    name: name.clone(),
+                    reason: "it is given twice".into(),
+                });
+            }
+        }
         let validity = Validity::days(days);
         let ca = CertificateAuthority::new("mqtt-telemetry development CA", validity)?;
         let server = ca.issue_server(hosts, validity)?;
@@ -272,6 +301,20 @@ impl DevCertificates {
     }
 }
 
+fn check_client_name(name: &str) -> Result<(), CertgenError> {
+    let refuse = |reason: String| CertgenError::ClientName {
+        name: name.to_string(),
+        reason,
+    };
+    crate::message::validate_device_id(name).map_err(|e| refuse(e.to_string()))?;
+    if matches!(name, "ca" | "server") || name.starts_with('.') {
+        return Err(refuse(format!(
+            "its files would be {name}.crt and {name}.key, which clash with the CA's or the server's files or are hidden"
+        )));
+    }
+    Ok(())
+}
+
 /// Writes a file with the given Unix mode, replacing it atomically so a reader
 /// never sees a half-written key and a key is never world-readable, not even briefly.
 pub fn write_file(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
@@ -332,5 +375,18 @@ mod tests {
         assert_eq!(std::fs::read(dir.path().join("ca.crt")).unwrap(), before);
         again.write(dir.path(), true).unwrap();
         assert_ne!(std::fs::read(dir.path().join("ca.crt")).unwrap(), before);
+    }
+
+    #[test]
+    fn client_names_that_clash_or_escape_are_refused() {
+        for bad in ["ca", "server", "../evil", "a/b", "", ".hidden"] {
+            let err = DevCertificates::generate(&[], &[bad.to_string()], 1)
+                .err()
+                .unwrap_or_else(|| panic!("{bad:?} was accepted"));
+            assert!(matches!(err, CertgenError::ClientName { .. }), "{err}");
+        }
+        let twice = vec!["v1".to_string(), "v1".to_string()];
+        assert!(DevCertificates::generate(&[], &twice, 1).is_err());
+        assert!(DevCertificates::generate(&[], &["vehicle_01".into()], 1).is_ok());
     }
 }
