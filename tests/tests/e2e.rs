@@ -3,4 +3,5 @@
 mod collector;
 mod connection;
 mod device_sim;
+mod harness;
 mod operator_kit;
