@@ -3,5 +3,6 @@
 mod collector;
 mod connection;
 mod device_sim;
+mod faults;
 mod harness;
 mod operator_kit;

@@ -1,0 +1,305 @@
+//! Faults on purpose (issue 7): the broker, the collector and the simulator are
+//! restarted, killed, frozen and starved of disk while a fleet publishes, and every
+//! test ends by comparing what was generated with what was stored.
+
+use e2e::{command, spawn, wait_until, Broker, BrokerConfig, ChildGuard};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+/// A broker with persistence, a collector on an SQLite file, and a simulator queue.
+struct Stack {
+    dir: TempDir,
+    broker: Broker,
+    collector: Option<ChildGuard>,
+    db: PathBuf,
+    queue: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl Stack {
+    fn new(cfg: BrokerConfig) -> Stack {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::start(cfg.persistence(true).conf("autosave_interval 1"));
+        let mut env = broker.env_plain();
+        env.push(("MQTT_KEEPALIVE".into(), "2".into()));
+        Stack {
+            db: dir.path().join("collector.db"),
+            queue: dir.path().join("queue.db"),
+            dir,
+            broker,
+            collector: None,
+            env,
+        }
+    }
+
+    fn subscriptions(&self) -> usize {
+        self.broker
+            .log()
+            .matches("Received SUBSCRIBE from mqtt-collector")
+            .count()
+    }
+
+    /// Starts the collector and returns once its subscription reached the broker.
+    fn start_collector(&mut self) {
+        self.start_collector_with(|_| {});
+    }
+
+    fn start_collector_with(&mut self, adjust: impl FnOnce(&mut std::process::Command)) {
+        let before = self.subscriptions();
+        let mut cmd = command("collector", self.dir.path(), &self.env);
+        cmd.arg("--db")
+            .arg(&self.db)
+            .args(["--status-interval", "1s"]);
+        adjust(&mut cmd);
+        let mut child = spawn(&mut cmd);
+        let ok = wait_until(Duration::from_secs(15), || {
+            self.subscriptions() > before || !child.is_running()
+        });
+        assert!(
+            child.is_running() && ok,
+            "collector did not subscribe: {:?}",
+            child
+                .wait_output(Duration::from_secs(1))
+                .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+        );
+        self.collector = Some(child);
+    }
+
+    fn kill_collector(&mut self) {
+        if let Some(mut c) = self.collector.take() {
+            c.kill();
+        }
+    }
+
+    fn stop_collector(&mut self) -> Output {
+        let mut c = self.collector.take().expect("collector running");
+        c.signal(libc::SIGTERM);
+        c.wait_output(Duration::from_secs(20)).unwrap()
+    }
+
+    fn sim(&self, args: &[&str]) -> ChildGuard {
+        let mut cmd = command("device-sim", self.dir.path(), &self.env);
+        cmd.arg("--queue").arg(&self.queue).args(args);
+        spawn(&mut cmd)
+    }
+
+    /// (device_id, seq) of every stored row, and the number of rows.
+    fn stored(&self) -> (BTreeMap<String, BTreeSet<u64>>, usize) {
+        let Ok(conn) = rusqlite::Connection::open_with_flags(
+            &self.db,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        ) else {
+            return (BTreeMap::new(), 0);
+        };
+        let mut out: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+        let mut rows = 0;
+        let Ok(mut stmt) = conn.prepare("SELECT device_id, seq FROM telemetry") else {
+            return (out, 0);
+        };
+        let iter = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?))
+            })
+            .unwrap();
+        for row in iter.flatten() {
+            rows += 1;
+            if let (id, Some(seq)) = row {
+                out.entry(id).or_default().insert(seq as u64);
+            }
+        }
+        (out, rows)
+    }
+
+    /// Waits until the collector has stored `n` distinct (device, seq) pairs.
+    fn wait_stored(&self, n: usize, timeout: Duration) -> bool {
+        wait_until(timeout, || {
+            self.stored().0.values().map(BTreeSet::len).sum::<usize>() >= n
+        })
+    }
+}
+
+fn expected(
+    devices: usize,
+    seqs: impl Fn(usize) -> std::ops::RangeInclusive<u64>,
+) -> BTreeMap<String, BTreeSet<u64>> {
+    (1..=devices)
+        .map(|i| (format!("vehicle_{i:02}"), seqs(i).collect()))
+        .collect()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Every stored seq of each device, with the number of rows: no pair may be stored twice.
+fn assert_complete(stack: &Stack, want: &BTreeMap<String, BTreeSet<u64>>) {
+    let total: usize = want.values().map(BTreeSet::len).sum();
+    let ok = stack.wait_stored(total, Duration::from_secs(30));
+    let (got, rows) = stack.stored();
+    let missing: Vec<_> = want
+        .iter()
+        .flat_map(|(d, s)| {
+            s.iter()
+                .filter(|q| !got.get(d).is_some_and(|g| g.contains(q)))
+                .map(move |q| (d.clone(), *q))
+        })
+        .collect();
+    assert!(
+        ok && missing.is_empty(),
+        "missing {} of {total}: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(20)]
+    );
+    assert_eq!(&got, want, "stored set differs");
+    assert_eq!(rows, total, "a (device_id, seq) was stored twice");
+}
+
+#[test]
+fn broker_restarted_three_times_loses_nothing() {
+    let mut stack = Stack::new(BrokerConfig::new());
+    stack.start_collector();
+    let mut sim = stack.sim(&["--count", "20", "--messages", "40", "--interval", "100ms"]);
+    for _ in 0..3 {
+        let before = stack.stored().1;
+        // Restart only once messages are flowing, so each restart interrupts real traffic.
+        assert!(wait_until(Duration::from_secs(20), || stack.stored().1 > before + 20));
+        stack.broker.stop();
+        stack.broker.start_again();
+    }
+    let out = sim.wait_output(Duration::from_secs(60)).unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_complete(&stack, &expected(20, |_| 1..=40));
+    let out = stack.stop_collector();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn collector_killed_five_times_loses_nothing_and_stores_nothing_twice() {
+    let mut stack = Stack::new(BrokerConfig::new());
+    stack.start_collector();
+    let mut sim = stack.sim(&["--count", "5", "--messages", "80", "--interval", "50ms"]);
+    let mut rng = 0x9e3779b97f4a7c15u64;
+    for _ in 0..5 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let before = stack.stored().1;
+        let after = before + 10 + (rng % 40) as usize;
+        assert!(wait_until(Duration::from_secs(20), || stack.stored().1 >= after));
+        stack.kill_collector();
+        stack.start_collector();
+    }
+    let out = sim.wait_output(Duration::from_secs(60)).unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_complete(&stack, &expected(5, |_| 1..=80));
+}
+
+#[test]
+fn simulator_killed_and_restarted_continues_without_gap_or_reuse() {
+    let mut stack = Stack::new(BrokerConfig::new());
+    stack.start_collector();
+    let mut sim = stack.sim(&["--count", "3", "--messages", "1000", "--interval", "20ms"]);
+    assert!(wait_until(Duration::from_secs(20), || stack.stored().1 >= 60));
+    sim.kill();
+    let mut sim = stack.sim(&["--count", "3", "--messages", "30", "--interval", "20ms"]);
+    let out = sim.wait_output(Duration::from_secs(60)).unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Every device's seqs are 1..=max with nothing missing, and the second run added 30 each.
+    let (got, _) = stack.stored();
+    let want = expected(3, |i| 1..=*got[&format!("vehicle_{i:02}")].last().unwrap());
+    assert!(want.values().all(|s| s.len() >= 50), "{want:?}");
+    assert_complete(&stack, &want);
+}
+
+#[test]
+fn frozen_broker_is_detected_by_keepalive_and_everything_arrives() {
+    let mut stack = Stack::new(BrokerConfig::new());
+    stack.start_collector();
+    let mut sim = stack.sim(&["--count", "3", "--messages", "100", "--interval", "50ms"]);
+    assert!(wait_until(Duration::from_secs(20), || stack.stored().1 >= 30));
+    // The sockets stay open but nothing answers: only keepalive can tell.
+    stack.broker.pause();
+    let frozen = Instant::now();
+    std::thread::sleep(Duration::from_secs(5));
+    stack.broker.resume();
+    let out = sim.wait_output(Duration::from_secs(60)).unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("retrying in"),
+        "the simulator never noticed the dead connection: {err}"
+    );
+    assert_complete(&stack, &expected(3, |_| 1..=100));
+    let out = stack.stop_collector();
+    assert!(
+        stderr(&out).contains("retrying in"),
+        "the collector never noticed: {}",
+        stderr(&out)
+    );
+    assert!(frozen.elapsed() < Duration::from_secs(60));
+}
+
+#[test]
+fn outage_longer_than_the_queue_loses_exactly_the_evicted_messages() {
+    let mut stack = Stack::new(BrokerConfig::new());
+    stack.start_collector();
+    stack.broker.stop();
+    let mut sim = stack.sim(&[
+        "--count",
+        "2",
+        "--messages",
+        "20",
+        "--interval",
+        "20ms",
+        "--queue-limit",
+        "5",
+    ]);
+    // Let every message be generated into the queue while the broker is away.
+    std::thread::sleep(Duration::from_millis(1500));
+    stack.broker.start_again();
+    let out = sim.wait_output(Duration::from_secs(60)).unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert_complete(&stack, &expected(2, |_| 16..=20));
+    assert!(err.contains("evicted"), "{err}");
+}
+
+#[test]
+fn unwritable_database_stops_acknowledging_and_nothing_is_lost() {
+    let mut stack = Stack::new(BrokerConfig::new());
+    // The database may grow to 256 KiB, then every write fails as on a full disk.
+    stack.start_collector_with(|cmd| {
+        use std::os::unix::process::CommandExt;
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                let lim = libc::rlimit {
+                    rlim_cur: 256 * 1024,
+                    rlim_max: libc::RLIM_INFINITY,
+                };
+                libc::setrlimit(libc::RLIMIT_FSIZE, &lim);
+                Ok(())
+            });
+        }
+    });
+    let mut sim = stack.sim(&["--count", "4", "--messages", "300", "--interval", "5ms"]);
+    let mut collector = stack.collector.take().unwrap();
+    let out = collector.wait_output(Duration::from_secs(60)).unwrap();
+    let err = stderr(&out);
+    assert!(
+        !out.status.success(),
+        "collector kept running on a full disk: {err}"
+    );
+    assert!(
+        err.to_lowercase().contains("database"),
+        "no clear message: {err}"
+    );
+    // Fault removed: a collector without the limit gets everything the broker kept.
+    stack.start_collector();
+    let out = sim.wait_output(Duration::from_secs(90)).unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_complete(&stack, &expected(4, |_| 1..=300));
+}
