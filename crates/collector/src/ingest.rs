@@ -1,0 +1,412 @@
+//! The run loop: read messages from the MQTT connection, validate them, commit them
+//! in batches through the [`StoreWorker`], and acknowledge each one (PUBACK) only
+//! after the transaction holding it has committed, in arrival order.
+//!
+//! Batching: one transaction is in flight at a time. While it commits, the next
+//! batch fills (up to `batch_size`); when the commit returns, its messages are
+//! acknowledged and the next batch is committed at once. A batch never waits to
+//! fill up: Mosquitto lets a subscriber hold at most `max_inflight_messages`
+//! (default 20) unacknowledged, so waiting for more would only stall the broker.
+//!
+//! Acknowledgements of messages that arrived on an earlier connection are dropped:
+//! a packet id belongs to one connection, and the broker sends those messages again
+//! on the resumed session, where the unique `(device_id, seq)` index absorbs them.
+
+use crate::stats::percentiles;
+use crate::store::{Record, RejectedRow, StoreError, StoreWorker, TelemetryRow, WriteOutcome};
+use crate::validate::validate;
+use mqtt_core::connection::ConnectionOptions;
+use mqtt_core::message::unix_now;
+use mqtt_core::{spawn_connection, ConnectionEvent, PermanentFailure, Settings};
+use rumqttc::{AsyncClient, Publish, QoS};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+/// What the run loop needs beyond the connection settings.
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    /// MQTT client id (stable, so the broker keeps the session).
+    pub client_id: String,
+    /// Topic filters.
+    pub topics: Vec<String>,
+    /// Most messages in one transaction.
+    pub batch_size: usize,
+    /// Longest time an open batch may wait while more input keeps arriving.
+    pub flush_interval: Duration,
+    /// Largest payload accepted.
+    pub max_payload: usize,
+    /// How often the status line is logged.
+    pub status_interval: Duration,
+}
+
+/// Why the run loop ended with a failure.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// Credentials, authorisation or certificates: exit code 3.
+    #[error(transparent)]
+    Connection(#[from] PermanentFailure),
+    /// The database cannot be written; nothing more was acknowledged.
+    #[error("{0}; messages not yet stored were not acknowledged and stay with the broker")]
+    Store(#[from] StoreError),
+    /// The connection task stopped on its own (it should never).
+    #[error("the MQTT connection task ended unexpectedly")]
+    ConnectionGone,
+}
+
+/// Enough of a received publish to acknowledge it later.
+#[derive(Debug, Clone, Copy)]
+struct Ack {
+    pkid: u16,
+    qos: QoS,
+    epoch: u64,
+}
+
+/// Messages read but not yet committed.
+#[derive(Default)]
+struct Batch {
+    records: Vec<Record>,
+    acks: Vec<Ack>,
+    opened: Option<Instant>,
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+}
+
+/// A batch whose transaction is running.
+struct InFlight {
+    result: oneshot::Receiver<Result<WriteOutcome, StoreError>>,
+    acks: Vec<Ack>,
+    publish_ts: Vec<f64>,
+    size: usize,
+}
+
+/// What happened since the last status line.
+#[derive(Default)]
+struct Interval {
+    stored: usize,
+    duplicates: usize,
+    rejected: usize,
+    batches: usize,
+    largest_batch: usize,
+    latencies: Vec<f64>,
+    first_reject: Option<String>,
+    dropped_acks: usize,
+}
+
+/// Runs until `cancel` fires (then commits, acknowledges, disconnects: `Ok`), or
+/// a permanent connection failure or a store failure ends it.
+pub async fn run(
+    settings: &Settings,
+    cfg: IngestConfig,
+    store: StoreWorker,
+    cancel: CancellationToken,
+) -> Result<(), IngestError> {
+    let opts = ConnectionOptions {
+        subscriptions: cfg.topics.clone(),
+        manual_acks: true,
+        // A packet id is unique among the broker's unacknowledged messages, so at
+        // most 65535 acknowledgements can ever be queued: the queue never blocks us
+        // while the driver waits for us to notice a disconnect.
+        request_capacity: 65_535 + 1024,
+        // A huge hostile payload must be read whole and rejected; refusing it
+        // would drop the connection and the broker would send it again forever.
+        max_incoming_packet: 268_435_455,
+        ..ConnectionOptions::new(cfg.client_id.clone())
+    };
+    info!(
+        client_id = %cfg.client_id,
+        broker = %settings.broker(),
+        topics = ?cfg.topics,
+        batch_size = cfg.batch_size,
+        "collector starting"
+    );
+    let mut conn = spawn_connection(settings, opts, cancel.clone());
+    let mut ingest = Ingest {
+        cfg,
+        client: conn.client.clone(),
+        store,
+        epoch: 0,
+        open: Batch::default(),
+        in_flight: None,
+        interval: Interval::default(),
+        interval_start: Instant::now(),
+    };
+
+    let outcome = ingest.read_loop(&mut conn.events, &cancel).await;
+    let outcome = match outcome {
+        Ok(()) => ingest.drain().await.map_err(IngestError::from),
+        Err(IngestError::Store(e)) => {
+            error!("{e}; stopping without acknowledging anything more");
+            Err(IngestError::Store(e))
+        }
+        Err(other) => {
+            // Keep what was read (unacknowledged: the broker sends it again later).
+            if let Err(e) = ingest.drain_without_acks().await {
+                error!("{e}");
+            }
+            Err(other)
+        }
+    };
+    ingest.log_status();
+
+    // Leave cleanly: pending acknowledgements are written before the DISCONNECT.
+    let _ = tokio::time::timeout(Duration::from_secs(2), conn.client.disconnect()).await;
+    cancel.cancel();
+    match tokio::time::timeout(Duration::from_secs(5), &mut conn.task).await {
+        Ok(_) => debug!("connection closed"),
+        Err(_) => {
+            warn!("the connection did not close within 5 s; leaving anyway");
+            conn.task.abort();
+        }
+    }
+    drop(ingest);
+    outcome
+}
+
+struct Ingest {
+    cfg: IngestConfig,
+    client: AsyncClient,
+    store: StoreWorker,
+    /// Bumped on every disconnect; acks of older epochs are dropped.
+    epoch: u64,
+    open: Batch,
+    in_flight: Option<InFlight>,
+    interval: Interval,
+    interval_start: Instant,
+}
+
+impl Ingest {
+    async fn read_loop(
+        &mut self,
+        events: &mut tokio::sync::mpsc::UnboundedReceiver<ConnectionEvent>,
+        cancel: &CancellationToken,
+    ) -> Result<(), IngestError> {
+        let start = tokio::time::Instant::now() + self.cfg.status_interval;
+        let mut status = tokio::time::interval_at(start, self.cfg.status_interval);
+        status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let can_read = self.open.len() < self.cfg.batch_size;
+            let flush_at = self
+                .open
+                .opened
+                .map(|t| tokio::time::Instant::from_std(t + self.cfg.flush_interval));
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Ok(()),
+                result = async { (&mut self.in_flight.as_mut().expect("guarded").result).await }, if self.in_flight.is_some() => {
+                    let done = self.in_flight.take().expect("guarded");
+                    self.finish(done, result, true).await?;
+                }
+                event = events.recv(), if can_read => {
+                    let Some(event) = event else { return Err(IngestError::ConnectionGone) };
+                    self.on_event(event)?;
+                    // Take whatever else is already waiting, up to a full batch.
+                    while self.open.len() < self.cfg.batch_size {
+                        match events.try_recv() {
+                            Ok(event) => self.on_event(event)?,
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)), if flush_at.is_some() && self.in_flight.is_none() => {}
+                _ = status.tick() => self.log_status(),
+            }
+            // No input waiting (or the batch is full, or old enough): commit now.
+            if self.in_flight.is_none() && !self.open.is_empty() {
+                self.commit();
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: ConnectionEvent) -> Result<(), IngestError> {
+        match event {
+            ConnectionEvent::Message(p) => self.on_message(p),
+            ConnectionEvent::Connected { session_present } => {
+                if !session_present {
+                    info!("the broker had no stored session for this client id: messages published while the collector was away were not kept");
+                }
+            }
+            ConnectionEvent::Disconnected { reason, resume } => {
+                self.epoch += 1;
+                let unacked = self.open.len() + self.in_flight.as_ref().map_or(0, |f| f.size);
+                if unacked > 0 {
+                    info!(
+                        "connection lost ({reason}) with {unacked} messages not yet acknowledged; they are stored and the broker will send them again"
+                    );
+                }
+                drop(resume);
+            }
+            ConnectionEvent::Failed(f) => return Err(IngestError::Connection(f)),
+            ConnectionEvent::Sent(_) | ConnectionEvent::Acked(_) => {}
+        }
+        Ok(())
+    }
+
+    fn on_message(&mut self, p: Publish) {
+        let receive_ts = unix_now();
+        let record = match validate(&p.topic, &p.payload, self.cfg.max_payload) {
+            Ok(a) => Record::Telemetry(TelemetryRow {
+                device_id: a.device_id,
+                seq: a.seq,
+                topic: p.topic.clone(),
+                publish_ts: a.publish_ts,
+                receive_ts,
+                payload: a.payload,
+            }),
+            Err(reason) => {
+                debug!(topic = %p.topic, "rejected: {reason}");
+                if self.interval.first_reject.is_none() {
+                    self.interval.first_reject = Some(format!("{}: {reason}", p.topic));
+                }
+                // An oversized payload is kept only up to the limit.
+                let keep = p.payload.len().min(self.cfg.max_payload);
+                Record::Rejected(RejectedRow {
+                    topic: p.topic.clone(),
+                    receive_ts,
+                    reason,
+                    payload: p.payload[..keep].to_vec(),
+                })
+            }
+        };
+        if self.open.is_empty() {
+            self.open.opened = Some(Instant::now());
+        }
+        self.open.records.push(record);
+        self.open.acks.push(Ack {
+            pkid: p.pkid,
+            qos: p.qos,
+            epoch: self.epoch,
+        });
+    }
+
+    /// Hands the open batch to the store thread.
+    fn commit(&mut self) {
+        let batch = std::mem::take(&mut self.open);
+        let publish_ts = batch
+            .records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Telemetry(t) => t.publish_ts,
+                Record::Rejected(_) => None,
+            })
+            .collect();
+        let size = batch.records.len();
+        self.in_flight = Some(InFlight {
+            result: self.store.write(batch.records),
+            acks: batch.acks,
+            publish_ts,
+            size,
+        });
+    }
+
+    /// A transaction returned: count it and, if it committed, acknowledge its messages.
+    async fn finish(
+        &mut self,
+        done: InFlight,
+        result: Result<Result<WriteOutcome, StoreError>, oneshot::error::RecvError>,
+        ack: bool,
+    ) -> Result<(), IngestError> {
+        let outcome = result.map_err(|_| StoreError::WorkerGone)??;
+        let now = unix_now();
+        let i = &mut self.interval;
+        i.stored += outcome.stored;
+        i.duplicates += outcome.duplicates;
+        i.rejected += outcome.rejected;
+        i.batches += 1;
+        i.largest_batch = i.largest_batch.max(done.size);
+        i.latencies.extend(done.publish_ts.iter().map(|p| now - p));
+        if !ack {
+            return Ok(());
+        }
+        for a in done.acks {
+            if a.epoch != self.epoch {
+                self.interval.dropped_acks += 1;
+                continue;
+            }
+            let mut p = Publish::new("", a.qos, Vec::new());
+            p.pkid = a.pkid;
+            if self.client.ack(&p).await.is_err() {
+                // The event loop is gone; the broker keeps the message and sends it again.
+                self.interval.dropped_acks += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// After cancellation: commit what was read and acknowledge it.
+    async fn drain(&mut self) -> Result<(), StoreError> {
+        self.drain_inner(true).await
+    }
+
+    /// After a permanent failure: store what was read; nobody is there to acknowledge it.
+    async fn drain_without_acks(&mut self) -> Result<(), StoreError> {
+        self.drain_inner(false).await
+    }
+
+    async fn drain_inner(&mut self, ack: bool) -> Result<(), StoreError> {
+        loop {
+            if let Some(mut done) = self.in_flight.take() {
+                let result = (&mut done.result).await;
+                match self.finish(done, result, ack).await {
+                    Ok(()) => {}
+                    Err(IngestError::Store(e)) => return Err(e),
+                    Err(_) => return Err(StoreError::WorkerGone),
+                }
+            }
+            if self.open.is_empty() {
+                return Ok(());
+            }
+            self.commit();
+        }
+    }
+
+    fn log_status(&mut self) {
+        let i = std::mem::take(&mut self.interval);
+        let secs = self.interval_start.elapsed().as_secs_f64().max(1e-3);
+        self.interval_start = Instant::now();
+        let mut lat = i.latencies;
+        let latency = match percentiles(&mut lat) {
+            Some(l) => format!(
+                "publish-to-commit p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                l.p50_ms, l.p99_ms, l.max_ms
+            ),
+            None => "no latency sample".to_string(),
+        };
+        let avg_batch = if i.batches > 0 {
+            (i.stored + i.duplicates + i.rejected) as f64 / i.batches as f64
+        } else {
+            0.0
+        };
+        info!(
+            "stored {} ({:.1} msg/s), {} batches (avg {:.1}, max {}), {} duplicates, {} rejected, {}{}",
+            i.stored,
+            i.stored as f64 / secs,
+            i.batches,
+            avg_batch,
+            i.largest_batch,
+            i.duplicates,
+            i.rejected,
+            latency,
+            if i.dropped_acks > 0 {
+                format!(
+                    ", {} acknowledgements skipped after a reconnect (the broker sends those again)",
+                    i.dropped_acks
+                )
+            } else {
+                String::new()
+            }
+        );
+        if let Some(r) = i.first_reject {
+            warn!("rejected message, for example {r}");
+        }
+    }
+}

@@ -1,0 +1,529 @@
+//! The storage boundary: the [`Store`] trait ingest writes batches through, the
+//! SQLite implementation (contract section 4), and [`StoreWorker`], which runs a
+//! store on its own thread so no blocking I/O ever happens on the async workers.
+//!
+//! A batch is one transaction: when [`Store::write_batch`] returns `Ok`, every
+//! record of it is durable (to the process crash with `synchronous=NORMAL`, to a
+//! power loss with `FULL`), and only then may ingest acknowledge the messages.
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, MAIN_DB};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use tokio::sync::oneshot;
+
+/// One message to keep: a telemetry row or a rejection.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    /// A valid message, for the `telemetry` table.
+    Telemetry(TelemetryRow),
+    /// A message that failed validation, for the `rejected` table.
+    Rejected(RejectedRow),
+}
+
+/// A row of `telemetry`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetryRow {
+    /// Device id.
+    pub device_id: String,
+    /// Sequence number, when the payload has one.
+    pub seq: Option<i64>,
+    /// The topic it arrived on.
+    pub topic: String,
+    /// Unix seconds of the publish, from the payload.
+    pub publish_ts: Option<f64>,
+    /// Unix seconds when the collector read it.
+    pub receive_ts: f64,
+    /// The JSON as received.
+    pub payload: String,
+}
+
+/// A row of `rejected`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RejectedRow {
+    /// The topic it arrived on.
+    pub topic: String,
+    /// Unix seconds when the collector read it.
+    pub receive_ts: f64,
+    /// Why it was rejected.
+    pub reason: String,
+    /// The payload (cut at the size limit when it was larger).
+    pub payload: Vec<u8>,
+}
+
+/// What a committed batch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// New rows in `telemetry`.
+    pub stored: usize,
+    /// Telemetry records whose `(device_id, seq)` was already stored.
+    pub duplicates: usize,
+    /// New rows in `rejected`.
+    pub rejected: usize,
+}
+
+/// Why the store cannot be opened or written. Each message names the file and a fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be opened or prepared.
+    #[error("cannot open the database {path}: {reason}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// Why, with a fix.
+        reason: String,
+    },
+    /// A transaction failed: nothing of the batch is stored.
+    #[error("cannot write to the database {path}: {source}; check free disk space and that the file and its directory are writable")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// What SQLite said.
+        source: rusqlite::Error,
+    },
+    /// The store thread has ended (it panicked or was shut down).
+    #[error("the store thread has stopped")]
+    WorkerGone,
+}
+
+/// Where telemetry is kept. SQLite now; other databases later, without touching ingest.
+pub trait Store: Send {
+    /// Writes every record in one transaction, or nothing.
+    fn write_batch(&mut self, batch: &[Record]) -> Result<WriteOutcome, StoreError>;
+}
+
+/// How hard SQLite flushes at each commit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SyncMode {
+    /// `synchronous=NORMAL` in WAL mode: a commit survives a crash of the process.
+    #[default]
+    Normal,
+    /// `synchronous=FULL`: a commit survives a power loss too.
+    Full,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS telemetry (
+    id         INTEGER PRIMARY KEY,
+    device_id  TEXT NOT NULL,
+    seq        INTEGER,
+    topic      TEXT NOT NULL,
+    publish_ts REAL,
+    receive_ts REAL NOT NULL,
+    payload    TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS telemetry_device_seq ON telemetry (device_id, seq);
+CREATE TABLE IF NOT EXISTS rejected (
+    id         INTEGER PRIMARY KEY,
+    topic      TEXT,
+    receive_ts REAL,
+    reason     TEXT,
+    payload    BLOB
+);
+CREATE TABLE IF NOT EXISTS counters (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO counters (name, value) VALUES ('duplicates', 0);
+";
+
+const TELEMETRY_COLUMNS: &[&str] = &[
+    "device_id",
+    "seq",
+    "topic",
+    "publish_ts",
+    "receive_ts",
+    "payload",
+];
+const REJECTED_COLUMNS: &[&str] = &["topic", "receive_ts", "reason", "payload"];
+
+/// The SQLite store: WAL mode, one transaction per batch, dedup by a unique index.
+pub struct SqliteStore {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl SqliteStore {
+    /// Opens `path`, creating it with the schema if missing; an existing database
+    /// from an earlier run is used as it is (missing tables or indexes are added).
+    pub fn open(path: &Path, sync: SyncMode) -> Result<SqliteStore, StoreError> {
+        let open_err = |reason: String| StoreError::Open {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let conn = Connection::open(path).map_err(|e| {
+            open_err(format!(
+                "{e}; check that the directory exists and is writable"
+            ))
+        })?;
+        if conn.is_readonly(MAIN_DB).unwrap_or(false) {
+            return Err(open_err(
+                "the file is read-only; the collector must be able to write to it and its directory"
+                    .into(),
+            ));
+        }
+        let sql_err = |e: rusqlite::Error| match &e {
+            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::NotADatabase => {
+                open_err(
+                    "the file is not an SQLite database; point --db (COLLECTOR_DB) at another file"
+                        .into(),
+                )
+            }
+            _ => open_err(e.to_string()),
+        };
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(sql_err)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(sql_err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(open_err(format!(
+                "SQLite refused WAL mode (journal_mode is {mode}); is the file on a network file system?"
+            )));
+        }
+        let sync_pragma = match sync {
+            SyncMode::Normal => "PRAGMA synchronous=NORMAL",
+            SyncMode::Full => "PRAGMA synchronous=FULL",
+        };
+        conn.execute_batch(sync_pragma).map_err(sql_err)?;
+        check_columns(&conn, "telemetry", TELEMETRY_COLUMNS).map_err(open_err)?;
+        check_columns(&conn, "rejected", REJECTED_COLUMNS).map_err(open_err)?;
+        conn.execute_batch(&format!("BEGIN; {SCHEMA} COMMIT;"))
+            .map_err(|e| {
+                let _ = conn.execute_batch("ROLLBACK");
+                if e.to_string().contains("UNIQUE") {
+                    open_err("table telemetry already holds the same (device_id, seq) more than once, so the unique index that removes duplicates cannot be created; remove the duplicates or use a new file".into())
+                } else {
+                    sql_err(e)
+                }
+            })?;
+        Ok(SqliteStore {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn write_tx(&mut self, batch: &[Record]) -> rusqlite::Result<WriteOutcome> {
+        let tx = self.conn.transaction()?;
+        let mut out = WriteOutcome::default();
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT OR IGNORE INTO telemetry (device_id, seq, topic, publish_ts, receive_ts, payload)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            let mut reject = tx.prepare_cached(
+                "INSERT INTO rejected (topic, receive_ts, reason, payload) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for record in batch {
+                match record {
+                    Record::Telemetry(t) => {
+                        let n = insert.execute(params![
+                            t.device_id,
+                            t.seq,
+                            t.topic,
+                            t.publish_ts,
+                            t.receive_ts,
+                            t.payload
+                        ])?;
+                        if n == 0 {
+                            out.duplicates += 1;
+                        } else {
+                            out.stored += 1;
+                        }
+                    }
+                    Record::Rejected(r) => {
+                        reject.execute(params![r.topic, r.receive_ts, r.reason, r.payload])?;
+                        out.rejected += 1;
+                    }
+                }
+            }
+        }
+        if out.duplicates > 0 {
+            tx.execute(
+                "UPDATE counters SET value = value + ?1 WHERE name = 'duplicates'",
+                [out.duplicates as i64],
+            )?;
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+}
+
+impl Store for SqliteStore {
+    fn write_batch(&mut self, batch: &[Record]) -> Result<WriteOutcome, StoreError> {
+        self.write_tx(batch).map_err(|source| StoreError::Write {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+/// Fails when `table` exists without one of `columns` (a file of another program).
+fn check_columns(conn: &Connection, table: &str, columns: &[&str]) -> Result<(), String> {
+    let exists: Option<String> = conn
+        .query_row(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [table],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(|e| e.to_string())?;
+    if exists.is_none() {
+        return Ok(());
+    }
+    let mut stmt = conn
+        .prepare(&format!("PRAGMA table_info({table})"))
+        .map_err(|e| e.to_string())?;
+    let have: Vec<String> = stmt
+        .query_map([], |r| r.get::<_, String>(1))
+        .and_then(|rows| rows.collect())
+        .map_err(|e| e.to_string())?;
+    for col in columns {
+        if !have.iter().any(|h| h == col) {
+            return Err(format!(
+                "table {table} has no column {col}: this is not a collector database; point --db (COLLECTOR_DB) at another file"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Opens a collector database for reading only (for `collector stats`).
+pub fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
+    let open_err = |reason: String| StoreError::Open {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if !path.exists() {
+        return Err(open_err(
+            "the file does not exist; pass --db (or COLLECTOR_DB) the collector writes to".into(),
+        ));
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| open_err(e.to_string()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(|e| open_err(e.to_string()))?;
+    for (table, cols) in [
+        ("telemetry", TELEMETRY_COLUMNS),
+        ("rejected", REJECTED_COLUMNS),
+    ] {
+        let found: Option<String> = conn
+            .query_row(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                [table],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| match &e {
+                rusqlite::Error::SqliteFailure(f, _)
+                    if f.code == rusqlite::ErrorCode::NotADatabase =>
+                {
+                    open_err("the file is not an SQLite database".into())
+                }
+                _ => open_err(e.to_string()),
+            })?;
+        if found.is_none() {
+            return Err(open_err(format!(
+                "there is no table {table}: this is not a collector database"
+            )));
+        }
+        check_columns(&conn, table, cols).map_err(open_err)?;
+    }
+    Ok(conn)
+}
+
+type Reply = oneshot::Sender<Result<WriteOutcome, StoreError>>;
+
+/// Runs a [`Store`] on its own OS thread; batches are written in the order sent.
+pub struct StoreWorker {
+    tx: Option<mpsc::Sender<(Vec<Record>, Reply)>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl StoreWorker {
+    /// Moves `store` to a new thread.
+    pub fn spawn(mut store: Box<dyn Store>) -> StoreWorker {
+        let (tx, rx) = mpsc::channel::<(Vec<Record>, Reply)>();
+        let thread = std::thread::Builder::new()
+            .name("store".into())
+            .spawn(move || {
+                while let Ok((batch, reply)) = rx.recv() {
+                    let _ = reply.send(store.write_batch(&batch));
+                }
+            })
+            .expect("cannot start the store thread");
+        StoreWorker {
+            tx: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Queues a batch; the receiver resolves once it is committed (or failed).
+    pub fn write(&self, batch: Vec<Record>) -> oneshot::Receiver<Result<WriteOutcome, StoreError>> {
+        let (reply, rx) = oneshot::channel();
+        if let Some(tx) = &self.tx {
+            // If the thread is gone, `reply` is dropped and the receiver reports it.
+            let _ = tx.send((batch, reply));
+        }
+        rx
+    }
+}
+
+impl Drop for StoreWorker {
+    /// Lets the thread finish what it was given, then waits for it (closing the database).
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(device: &str, seq: Option<i64>) -> Record {
+        Record::Telemetry(TelemetryRow {
+            device_id: device.into(),
+            seq,
+            topic: format!("device/data/{device}"),
+            publish_ts: Some(1.0),
+            receive_ts: 1.5,
+            payload: "{}".into(),
+        })
+    }
+
+    fn count(conn: &Connection, sql: &str) -> i64 {
+        conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    #[test]
+    fn creates_schema_in_wal_and_dedups() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let mut store = SqliteStore::open(&path, SyncMode::Normal).unwrap();
+        let out = store
+            .write_batch(&[
+                row("a", Some(1)),
+                row("a", Some(2)),
+                row("a", Some(1)),
+                row("b", None),
+                row("b", None),
+                Record::Rejected(RejectedRow {
+                    topic: "device/data/x".into(),
+                    receive_ts: 2.0,
+                    reason: "not a JSON object".into(),
+                    payload: b"\xff".to_vec(),
+                }),
+            ])
+            .unwrap();
+        assert_eq!(
+            out,
+            WriteOutcome {
+                stored: 4,
+                duplicates: 1,
+                rejected: 1
+            }
+        );
+        let out = store.write_batch(&[row("a", Some(2))]).unwrap();
+        assert_eq!(out.duplicates, 1);
+        drop(store);
+
+        let conn = Connection::open(&path).unwrap();
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        assert_eq!(count(&conn, "SELECT count(*) FROM telemetry"), 4);
+        assert_eq!(
+            count(&conn, "SELECT value FROM counters WHERE name='duplicates'"),
+            2
+        );
+        let blob: Vec<u8> = conn
+            .query_row("SELECT payload FROM rejected", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(blob, b"\xff");
+    }
+
+    #[test]
+    fn reopens_an_existing_database_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        SqliteStore::open(&path, SyncMode::Full)
+            .unwrap()
+            .write_batch(&[row("a", Some(1))])
+            .unwrap();
+        let mut store = SqliteStore::open(&path, SyncMode::Normal).unwrap();
+        let out = store
+            .write_batch(&[row("a", Some(1)), row("a", Some(2))])
+            .unwrap();
+        assert_eq!((out.stored, out.duplicates), (1, 1));
+    }
+
+    #[test]
+    fn refuses_files_of_other_programs() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = dir.path().join("notes.txt");
+        std::fs::write(
+            &text,
+            "this is not a database, just text that is long enough",
+        )
+        .unwrap();
+        let err = SqliteStore::open(&text, SyncMode::Normal)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("not an SQLite database"), "{err}");
+
+        let other = dir.path().join("other.db");
+        Connection::open(&other)
+            .unwrap()
+            .execute_batch("CREATE TABLE telemetry (x INTEGER)")
+            .unwrap();
+        let err = SqliteStore::open(&other, SyncMode::Normal)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("no column device_id"), "{err}");
+        assert!(open_read_only(&dir.path().join("missing.db")).is_err());
+    }
+
+    #[test]
+    fn a_failed_write_stores_nothing_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let mut store = SqliteStore::open(&path, SyncMode::Normal).unwrap();
+        // Another writer holding the lock past the busy timeout is one way a commit fails.
+        store.conn.busy_timeout(std::time::Duration::ZERO).unwrap();
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let err = store.write_batch(&[row("a", Some(1))]).unwrap_err();
+        assert!(
+            err.to_string().contains("cannot write to the database"),
+            "{err}"
+        );
+        other.execute_batch("ROLLBACK").unwrap();
+        assert_eq!(count(&other, "SELECT count(*) FROM telemetry"), 0);
+    }
+
+    #[tokio::test]
+    async fn worker_commits_in_order_on_its_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let worker = StoreWorker::spawn(Box::new(
+            SqliteStore::open(&path, SyncMode::Normal).unwrap(),
+        ));
+        let first = worker.write(vec![row("a", Some(1))]);
+        let second = worker.write(vec![row("a", Some(1)), row("a", Some(2))]);
+        assert_eq!(first.await.unwrap().unwrap().stored, 1);
+        let out = second.await.unwrap().unwrap();
+        assert_eq!((out.stored, out.duplicates), (1, 1));
+        drop(worker);
+        let conn = open_read_only(&path).unwrap();
+        assert_eq!(count(&conn, "SELECT count(*) FROM telemetry"), 2);
+    }
+}
