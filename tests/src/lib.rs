@@ -7,6 +7,7 @@ pub mod bins;
 pub mod broker;
 pub mod pki;
 pub mod process;
+pub mod stack;
 pub mod subscriber;
 
 pub use bins::{bin, command};

@@ -6,3 +6,4 @@ mod device_sim;
 mod faults;
 mod harness;
 mod operator_kit;
+mod security;
