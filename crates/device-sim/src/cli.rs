@@ -1,0 +1,131 @@
+//! The command line of device-sim (clap derive; the doc comments are the `--help` text).
+
+use clap::Parser;
+use mqtt_core::settings::parse_duration;
+use mqtt_core::ConnectionArgs;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Simulates a fleet of vehicles that send telemetry to an MQTT broker.
+///
+/// Every vehicle is its own MQTT connection (client id = device id) inside this one
+/// process and publishes a JSON reading to device/data/{device_id} with QoS 1. Each
+/// message is first written to an offline queue (SQLite) and removed only when the
+/// broker acknowledges it, so nothing is lost while the broker is down or when the
+/// simulator is stopped: the next run delivers the rest first.
+///
+/// Connection settings (broker, TLS, user name, ...) come from MQTT_* variables in
+/// the environment or in ./.env; see README.md.
+#[derive(Debug, Parser)]
+#[command(name = "device-sim", version, about, long_about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+
+    /// How many vehicles to simulate, each with its own connection
+    #[arg(long, default_value_t = 1, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub count: u32,
+
+    /// Device ids are this prefix plus a number from 1, at least two digits (vehicle_01, vehicle_02, ...)
+    #[arg(long, default_value = "vehicle_", value_name = "P")]
+    pub id_prefix: String,
+
+    /// Time between two messages of one vehicle, like 200ms, 1s or 2m
+    #[arg(long, default_value = "1s", value_name = "DURATION", value_parser = positive_duration)]
+    pub interval: Duration,
+
+    /// Each vehicle stops after it has generated M messages in this run and the broker
+    /// has acknowledged all of them (without it: run until --duration or Ctrl-C)
+    #[arg(long, value_name = "M")]
+    pub messages: Option<u64>,
+
+    /// Stop the whole run after this time, like 30s or 1h; unacknowledged messages stay
+    /// queued for the next run
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// The offline queue: an SQLite file shared by all vehicles, created if missing
+    #[arg(long, default_value = "device-sim-queue.db", value_name = "PATH")]
+    pub queue: PathBuf,
+
+    /// Most undelivered messages kept per vehicle; past it the oldest are dropped
+    /// (counted and logged)
+    #[arg(long, default_value_t = 10_000, value_name = "L",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub queue_limit: u64,
+
+    /// Seed of the vehicle model: the same seed gives the same readings (default: random, logged at start)
+    #[arg(long, value_name = "S")]
+    pub seed: Option<u64>,
+
+    /// Also publish every message on the legacy topic vehicle/speed/{device_id}
+    #[arg(long)]
+    pub legacy_topic: bool,
+
+    /// New connections per second at start, so a large fleet does not hit the broker all at once
+    #[arg(long, default_value_t = 500.0, value_name = "R", value_parser = positive_rate)]
+    pub connect_rate: f64,
+
+    /// Most messages per vehicle sent and waiting for the broker's acknowledgement
+    #[arg(long, default_value_t = 10, value_name = "W",
+          value_parser = clap::value_parser!(u16).range(1..=40))]
+    pub window: u16,
+
+    /// Time between two status lines
+    #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = positive_duration)]
+    pub status_interval: Duration,
+}
+
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err("must be greater than zero".into());
+    }
+    Ok(d)
+}
+
+fn positive_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!(
+            "{s:?} is not a positive number of connections per second"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let cli = Cli::parse_from(["device-sim"]);
+        assert_eq!(cli.count, 1);
+        assert_eq!(cli.id_prefix, "vehicle_");
+        assert_eq!(cli.interval, Duration::from_secs(1));
+        assert_eq!(cli.queue, PathBuf::from("device-sim-queue.db"));
+        assert_eq!(cli.queue_limit, 10_000);
+        assert_eq!(cli.window, 10);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for args in [
+            &["device-sim", "--count", "0"][..],
+            &["device-sim", "--interval", "0s"],
+            &["device-sim", "--interval", "soon"],
+            &["device-sim", "--connect-rate", "-1"],
+            &["device-sim", "--window", "1000"],
+            &["device-sim", "--queue-limit", "0"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
+        }
+    }
+}

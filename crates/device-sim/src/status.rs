@@ -1,0 +1,160 @@
+//! What the operator sees: fleet-wide counters, a status line every few seconds
+//! (a live line on a terminal, plain log lines otherwise) and the summary at the end.
+
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Counters shared by every device task; plain atomics, cheap to bump.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Devices in the run.
+    pub devices: AtomicU64,
+    /// Devices connected now.
+    pub connected: AtomicI64,
+    /// Devices that have finished (`--messages` reached and their queue empty).
+    pub finished: AtomicU64,
+    /// Messages generated in this run.
+    pub generated: AtomicU64,
+    /// Publishes written to the network (resends included).
+    pub published: AtomicU64,
+    /// Messages acknowledged by the broker and removed from the queue.
+    pub acked: AtomicU64,
+    /// Messages in the queue now (leftovers included).
+    pub queued: AtomicI64,
+    /// Messages evicted by `--queue-limit`.
+    pub evicted: AtomicU64,
+    /// Connections re-established after a loss.
+    pub reconnects: AtomicU64,
+}
+
+/// A point-in-time copy of [`Stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// See [`Stats::devices`].
+    pub devices: u64,
+    /// See [`Stats::connected`].
+    pub connected: i64,
+    /// See [`Stats::finished`].
+    pub finished: u64,
+    /// See [`Stats::generated`].
+    pub generated: u64,
+    /// See [`Stats::published`].
+    pub published: u64,
+    /// See [`Stats::acked`].
+    pub acked: u64,
+    /// See [`Stats::queued`].
+    pub queued: i64,
+    /// See [`Stats::evicted`].
+    pub evicted: u64,
+    /// See [`Stats::reconnects`].
+    pub reconnects: u64,
+}
+
+impl Stats {
+    /// Reads every counter.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            devices: self.devices.load(Relaxed),
+            connected: self.connected.load(Relaxed),
+            finished: self.finished.load(Relaxed),
+            generated: self.generated.load(Relaxed),
+            published: self.published.load(Relaxed),
+            acked: self.acked.load(Relaxed),
+            queued: self.queued.load(Relaxed),
+            evicted: self.evicted.load(Relaxed),
+            reconnects: self.reconnects.load(Relaxed),
+        }
+    }
+}
+
+/// One status line from two snapshots `elapsed` apart.
+pub fn status_line(now: &Snapshot, before: &Snapshot, elapsed: Duration) -> String {
+    let secs = elapsed.as_secs_f64().max(1e-3);
+    format!(
+        "connected {}/{}, published {:.0}/s, acked {:.0}/s, queued {}, evicted {}, reconnects {}",
+        now.connected,
+        now.devices,
+        (now.published - before.published) as f64 / secs,
+        (now.acked - before.acked) as f64 / secs,
+        now.queued,
+        now.evicted,
+        now.reconnects,
+    )
+}
+
+/// The summary printed at the end of a run.
+pub fn summary(s: &Snapshot, elapsed: Duration) -> String {
+    let secs = elapsed.as_secs_f64().max(1e-3);
+    format!(
+        "summary: {} devices, {} finished, generated {}, acknowledged {} ({:.0}/s over {:.1}s), published {} (resends included), evicted {}, still queued {}, reconnects {}",
+        s.devices,
+        s.finished,
+        s.generated,
+        s.acked,
+        s.acked as f64 / secs,
+        secs,
+        s.published,
+        s.evicted,
+        s.queued,
+        s.reconnects,
+    )
+}
+
+/// Prints the status every `every` until `done` fires.
+pub async fn report(stats: std::sync::Arc<Stats>, every: Duration, done: CancellationToken) {
+    let live = std::io::stderr().is_terminal();
+    let mut before = stats.snapshot();
+    let mut at = Instant::now();
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = done.cancelled() => break,
+        }
+        let now = stats.snapshot();
+        let line = status_line(&now, &before, at.elapsed());
+        if live {
+            // \r and "erase line": the line updates in place.
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r\x1b[2K{line}");
+            let _ = err.flush();
+        } else {
+            tracing::info!("status: {line}");
+        }
+        before = now;
+        at = Instant::now();
+    }
+    if live {
+        eprintln!();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_are_per_second_over_the_interval() {
+        let before = Snapshot {
+            published: 100,
+            acked: 50,
+            ..Default::default()
+        };
+        let now = Snapshot {
+            devices: 10,
+            connected: 9,
+            published: 300,
+            acked: 250,
+            queued: 7,
+            evicted: 1,
+            reconnects: 2,
+            ..Default::default()
+        };
+        assert_eq!(
+            status_line(&now, &before, Duration::from_secs(2)),
+            "connected 9/10, published 100/s, acked 100/s, queued 7, evicted 1, reconnects 2"
+        );
+    }
+}
