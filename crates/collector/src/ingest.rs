@@ -139,6 +139,7 @@ pub async fn run(
         in_flight: None,
         interval: Interval::default(),
         interval_start: Instant::now(),
+        idle_logged: false,
     };
 
     let outcome = ingest.read_loop(&mut conn.events, &cancel).await;
@@ -182,6 +183,7 @@ struct Ingest {
     in_flight: Option<InFlight>,
     interval: Interval,
     interval_start: Instant,
+    idle_logged: bool,
 }
 
 impl Ingest {
@@ -232,7 +234,7 @@ impl Ingest {
             ConnectionEvent::Message(p) => self.on_message(p),
             ConnectionEvent::Connected { session_present } => {
                 if !session_present {
-                    info!("the broker had no stored session for this client id: messages published while the collector was away were not kept");
+                    info!("the broker holds no session for this client id yet (first start, or it lost its state): subscribing anew");
                 }
             }
             ConnectionEvent::Disconnected { reason, resume } => {
@@ -371,6 +373,13 @@ impl Ingest {
 
     fn log_status(&mut self) {
         let i = std::mem::take(&mut self.interval);
+        let idle = i.batches == 0 && i.dropped_acks == 0;
+        // One line says the collector is idle; repeating it every interval says nothing.
+        if idle && std::mem::replace(&mut self.idle_logged, true) {
+            self.interval_start = Instant::now();
+            return;
+        }
+        self.idle_logged = idle;
         let secs = self.interval_start.elapsed().as_secs_f64().max(1e-3);
         self.interval_start = Instant::now();
         let mut lat = i.latencies;
