@@ -216,17 +216,16 @@ impl Driver {
                 Event::Incoming(Incoming::PubComp(c)) => {
                     let _ = self.tx.send(ConnectionEvent::Acked(c.pkid));
                 }
-                Event::Incoming(Incoming::SubAck(s)) => {
+                Event::Incoming(Incoming::SubAck(s))
                     if s.return_codes
                         .iter()
-                        .any(|c| matches!(c, SubscribeReasonCode::Failure))
-                    {
-                        warn!(
-                            client_id = %self.client_id,
-                            "the broker refused a subscription ({:?}): check the ACL for this user",
-                            self.subscriptions.iter().map(|f| &f.path).collect::<Vec<_>>()
-                        );
-                    }
+                        .any(|c| matches!(c, SubscribeReasonCode::Failure)) =>
+                {
+                    warn!(
+                        client_id = %self.client_id,
+                        "the broker refused a subscription ({:?}): check the ACL for this user",
+                        self.subscriptions.iter().map(|f| &f.path).collect::<Vec<_>>()
+                    );
                 }
                 Event::Outgoing(Outgoing::Publish(pkid)) => {
                     let pkid = if self.qos == QoS::AtMostOnce { 0 } else { pkid };
