@@ -426,3 +426,122 @@ fn bad_arguments_exit_2_and_stats_of_a_missing_database_is_an_error() {
         "stats must not create a database"
     );
 }
+
+#[test]
+fn nothing_is_acknowledged_before_its_transaction_commits() {
+    let mut stack = Stack::new(BrokerConfig::new());
+    stack.start_collector();
+    // Another writer holds the database: the collector's commit has to wait for it.
+    let blocker = Connection::open(&stack.db).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    for seq in 1..=5 {
+        let payload = format!(r#"{{"device_id":"vehicle_01","seq":{seq},"timestamp":1700000000}}"#);
+        publish(&stack, "device/data/vehicle_01", payload.as_bytes());
+    }
+    let delivered = |stack: &Stack| {
+        stack
+            .broker
+            .log()
+            .matches("Sending PUBLISH to mqtt-collector")
+            .count()
+    };
+    let acked = |stack: &Stack| {
+        stack
+            .broker
+            .log()
+            .matches("Received PUBACK from mqtt-collector")
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || delivered(&stack) >= 5),
+        "the broker did not deliver the messages"
+    );
+    // Give a collector that acknowledges on arrival every chance to show it.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(acked(&stack), 0, "acknowledged before the commit");
+    blocker.execute_batch("ROLLBACK").unwrap();
+    drop(blocker);
+    assert!(
+        wait_until(Duration::from_secs(10), || acked(&stack) >= 5),
+        "acknowledged {} of 5 after the commit",
+        acked(&stack)
+    );
+    assert_complete(&stack, &expected(1, |_| 1..=5));
+    let out = stack.stop_collector();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
+fn mqtt_topics_replaces_the_default_subscription_and_sync_full_stores() {
+    let mut stack = Stack::new(BrokerConfig::new());
+    stack
+        .env
+        .push(("MQTT_TOPICS".into(), "fleet/+/telemetry, other/#".into()));
+    stack.start_collector_with(|cmd| {
+        cmd.args(["--sync", "full"]);
+    });
+    publish(
+        &stack,
+        "device/data/vehicle_09",
+        br#"{"device_id":"vehicle_09","seq":1}"#,
+    );
+    publish(
+        &stack,
+        "fleet/vehicle_01/telemetry",
+        br#"{"device_id":"vehicle_01","seq":1}"#,
+    );
+    publish(&stack, "other/a/b/vehicle_02", br#"{"seq":7}"#);
+    assert!(
+        wait_until(Duration::from_secs(10), || count(&stack, "telemetry") >= 2),
+        "stored {}",
+        count(&stack, "telemetry")
+    );
+    let (got, rows) = stack.stored();
+    assert_eq!(rows, 2, "{got:?}");
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        ["vehicle_01", "vehicle_02"],
+        "device/data/+ is no longer subscribed; the id comes from the last topic level"
+    );
+    let out = stack.stop_collector();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
+fn broker_restarted_without_persistence_gets_a_new_subscription() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = e2e::Broker::start(BrokerConfig::new());
+    let db = dir.path().join("c.db");
+    let subscribes = |b: &e2e::Broker| {
+        b.log()
+            .matches("Received SUBSCRIBE from mqtt-collector")
+            .count()
+    };
+    let mut cmd = command("collector", dir.path(), &broker.env_plain());
+    cmd.arg("--db").arg(&db);
+    let mut collector = e2e::spawn(&mut cmd);
+    assert!(wait_until(Duration::from_secs(15), || subscribes(&broker) >= 1));
+    // Without persistence the broker forgets the session and its subscriptions.
+    broker.stop();
+    broker.start_again();
+    assert!(
+        wait_until(Duration::from_secs(15), || subscribes(&broker) >= 2),
+        "the collector did not subscribe again after the broker lost its session"
+    );
+    let out = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &broker.plain_port.to_string()])
+        .args(["-q", "1", "-t", "device/data/vehicle_01"])
+        .args(["-m", r#"{"seq":1,"timestamp":1700000000}"#])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stored = || {
+        Connection::open_with_flags(&db, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .and_then(|c| c.query_row("SELECT count(*) FROM telemetry", [], |r| r.get::<_, i64>(0)))
+            .unwrap_or(0)
+    };
+    assert!(wait_until(Duration::from_secs(10), || stored() == 1));
+    collector.signal(libc::SIGTERM);
+    let out = collector.wait_output(Duration::from_secs(20)).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
