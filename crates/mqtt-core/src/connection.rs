@@ -351,7 +351,7 @@ fn classify_tls(e: &rustls::Error, ctx: &FailureContext) -> Failure {
             CertificateError::NotValidForNameContext { presented, .. } => format!(
                 "TLS: the broker's certificate is not valid for {:?} (it names {}); set MQTT_BROKER_HOST to one of those or, in development only, MQTT_TLS_INSECURE=true",
                 ctx.host,
-                if presented.is_empty() { "no host at all".to_string() } else { presented.join(", ") }
+                if presented.is_empty() { "no host at all".to_string() } else { presented.iter().map(|n| plain_name(n)).collect::<Vec<_>>().join(", ") }
             ),
             CertificateError::NotValidForName => format!(
                 "TLS: the broker's certificate is not valid for {:?}; set MQTT_BROKER_HOST to a name the certificate carries or, in development only, MQTT_TLS_INSECURE=true",
@@ -425,7 +425,20 @@ fn find_rustls_error(e: &ConnectionError) -> Option<&rustls::Error> {
         ConnectionError::Tls(rumqttc::TlsError::Io(io)) => from_io(io),
         ConnectionError::Io(io) => from_io(io),
         ConnectionError::MqttState(rumqttc::StateError::Io(io)) => from_io(io),
+        // A TLS alert that arrives while reading the CONNACK surfaces as a decoding error.
+        ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::mqttbytes::Error::Io(io),
+        )) => from_io(io),
         _ => None,
+    }
+}
+
+/// webpki names what the certificate presents in Debug form (`DnsName("a.b")`,
+/// `IpAddress(127.0.0.1)`); the message shows only the name.
+fn plain_name(presented: &str) -> &str {
+    match presented.split_once('(') {
+        Some((_, rest)) if rest.ends_with(')') => rest[..rest.len() - 1].trim_matches('"'),
+        _ => presented,
     }
 }
 
