@@ -182,7 +182,8 @@ fn run_command(args: RunArgs) -> i32 {
     })
 }
 
-/// SIGINT or SIGTERM cancels the run loop, which then commits, acknowledges and disconnects.
+/// SIGINT or SIGTERM cancels the run loop, which then commits, acknowledges and disconnects;
+/// a second one ends the process at once.
 fn cancel_on_signals(cancel: CancellationToken) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
@@ -193,6 +194,13 @@ fn cancel_on_signals(cancel: CancellationToken) -> std::io::Result<()> {
             _ = int.recv() => info!("SIGINT: finishing the current batch, then leaving"),
         }
         cancel.cancel();
+        // Leaving at once loses nothing: what is not acknowledged stays with the broker.
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        error!("second signal: leaving now without finishing; unacknowledged messages stay with the broker");
+        std::process::exit(exit::FAILURE);
     });
     Ok(())
 }
