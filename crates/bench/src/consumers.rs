@@ -1,0 +1,278 @@
+//! The consumers compared in the throughput scenario — the collector, mosquitto_sub
+//! and the paho stand-in — each started on a persistent session that already holds
+//! N queued messages, and timed until all N are stored (or received).
+
+use crate::binaries::Programs;
+use crate::broker::Endpoint;
+use crate::procstat::{self, Ended};
+use anyhow::{anyhow, bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Who drains the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consumer {
+    /// Ours: stores into SQLite, PUBACK after commit.
+    Collector,
+    /// C, discards everything: the practical ceiling.
+    MosquittoSub,
+    /// Python, acks on arrival, batches of 250 into SQLite.
+    Paho,
+}
+
+impl Consumer {
+    /// Label in the tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Consumer::Collector => "collector",
+            Consumer::MosquittoSub => "mosquitto_sub",
+            Consumer::Paho => "paho",
+        }
+    }
+}
+
+/// The result of one drain.
+#[derive(Debug, Clone)]
+pub struct Drained {
+    /// Messages stored/received.
+    pub messages: u64,
+    /// From the process start to the last message stored (start-up and connect included).
+    pub elapsed: Duration,
+    /// CPU seconds of the consumer process.
+    pub cpu: f64,
+    /// Peak resident memory, KiB.
+    pub max_rss_kib: u64,
+}
+
+impl Drained {
+    /// Messages per second.
+    pub fn rate(&self) -> f64 {
+        self.messages as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// A prepared consumer run: its command, for the report, and how to run it.
+pub struct Run {
+    consumer: Consumer,
+    cmd: Command,
+    /// The command line as a shell would take it.
+    pub line: String,
+    db: PathBuf,
+    expected: u64,
+}
+
+fn shell_line(env: &[(String, String)], program: &Path, args: &[String], tail: &str) -> String {
+    let mut words: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    words.push(program.display().to_string());
+    words.extend(args.iter().cloned());
+    let mut line = words.join(" ");
+    line.push_str(tail);
+    line
+}
+
+/// A command for one of our binaries running in `dir` with only the given MQTT_* variables.
+pub fn our_command(program: &Path, dir: &Path, env: &[(String, String)]) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.current_dir(dir);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("MQTT_") || k == "COLLECTOR_DB" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(env.iter().cloned());
+    cmd.env(
+        "RUST_LOG",
+        std::env::var("BENCH_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
+    );
+    cmd
+}
+
+impl Run {
+    /// Prepares `consumer` on `ep` with persistent client id `client_id`, to stop after `n`.
+    pub fn prepare(
+        consumer: Consumer,
+        programs: &Programs,
+        ep: &Endpoint,
+        client_id: &str,
+        n: u64,
+        dir: &Path,
+    ) -> Result<Run> {
+        std::fs::create_dir_all(dir)?;
+        let db = dir.join(format!("{}.db", consumer.name()));
+        let _ = std::fs::remove_file(&db);
+        let (cmd, line) = match consumer {
+            Consumer::Collector => {
+                let bin = programs.collector.clone().map_err(|e| anyhow!(e))?;
+                let env = ep.env(Some(client_id));
+                let args = vec!["--db".to_string(), db.display().to_string()];
+                let mut cmd = our_command(&bin, dir, &env);
+                cmd.args(&args)
+                    .stdout(Stdio::null())
+                    .stderr(log_file(dir, "collector")?);
+                (cmd, shell_line(&env, &bin, &args, ""))
+            }
+            Consumer::MosquittoSub => {
+                let bin = programs.mosquitto_sub.clone().map_err(|e| anyhow!(e))?;
+                let mut args = ep.mosquitto_args();
+                args.extend(
+                    [
+                        "-q",
+                        "1",
+                        "-c",
+                        "-i",
+                        client_id,
+                        "-t",
+                        "device/data/+",
+                        "-C",
+                    ]
+                    .map(String::from),
+                );
+                args.push(n.to_string());
+                let mut cmd = Command::new(&bin);
+                cmd.args(&args)
+                    .stdout(Stdio::null())
+                    .stderr(log_file(dir, "mosquitto_sub")?);
+                (cmd, shell_line(&[], &bin, &args, " > /dev/null"))
+            }
+            Consumer::Paho => {
+                let script = programs.paho.clone().map_err(|e| anyhow!(e))?;
+                let mut args = vec![
+                    script.display().to_string(),
+                    "--host".into(),
+                    Endpoint::HOST.into(),
+                    "--port".into(),
+                    ep.port.to_string(),
+                    "--client-id".into(),
+                    client_id.into(),
+                    "--topic".into(),
+                    "device/data/+".into(),
+                    "--count".into(),
+                    n.to_string(),
+                    "--db".into(),
+                    db.display().to_string(),
+                ];
+                if let Some(ca) = &ep.tls_ca {
+                    args.push("--cafile".into());
+                    args.push(ca.display().to_string());
+                }
+                let mut cmd = Command::new("python3");
+                cmd.args(&args)
+                    .stdout(Stdio::null())
+                    .stderr(log_file(dir, "paho")?);
+                (cmd, shell_line(&[], Path::new("python3"), &args, ""))
+            }
+        };
+        Ok(Run {
+            consumer,
+            cmd,
+            line,
+            db,
+            expected: n,
+        })
+    }
+
+    /// Starts the consumer and waits until all messages are in (or `timeout`).
+    pub fn drain(mut self, timeout: Duration) -> Result<Drained> {
+        let start = Instant::now();
+        let deadline = start + timeout;
+        let child = self
+            .cmd
+            .spawn()
+            .with_context(|| format!("starting {}", self.consumer.name()))?;
+        match self.consumer {
+            Consumer::Collector => {
+                let done = wait_for_rows(&child, &self.db, self.expected, deadline)?;
+                let elapsed = done.duration_since(start);
+                let cpu = procstat::cpu_seconds(child.id()).unwrap_or(f64::NAN);
+                let ended = procstat::terminate(&child, Duration::from_secs(10))?;
+                if ended.code != 0 {
+                    tracing::warn!("collector exited with {} after SIGTERM", ended.code);
+                }
+                Ok(Drained {
+                    messages: self.expected,
+                    elapsed,
+                    cpu,
+                    max_rss_kib: ended.max_rss_kib,
+                })
+            }
+            Consumer::MosquittoSub | Consumer::Paho => {
+                let ended = wait_exit(&child, deadline, self.consumer.name())?;
+                if ended.code != 0 {
+                    bail!("{} exited with code {}", self.consumer.name(), ended.code);
+                }
+                Ok(Drained {
+                    messages: self.expected,
+                    elapsed: ended.at.duration_since(start),
+                    cpu: ended.cpu,
+                    max_rss_kib: ended.max_rss_kib,
+                })
+            }
+        }
+    }
+}
+
+fn log_file(dir: &Path, name: &str) -> Result<Stdio> {
+    Ok(std::fs::File::create(dir.join(format!("{name}.log")))?.into())
+}
+
+fn wait_exit(child: &Child, deadline: Instant, name: &str) -> Result<Ended> {
+    match procstat::wait_until(child, deadline)? {
+        Some(e) => Ok(e),
+        None => {
+            let _ = procstat::terminate(child, Duration::from_secs(2));
+            bail!("{name} did not finish in time")
+        }
+    }
+}
+
+/// Rows in a collector database's `telemetry` table (0 while it does not exist yet).
+pub fn stored_rows(conn: &rusqlite::Connection) -> u64 {
+    // max(rowid) reads one page; count(*) would scan the table at every poll.
+    conn.query_row("SELECT coalesce(max(rowid), 0) FROM telemetry", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map(|v| v.max(0) as u64)
+    .unwrap_or(0)
+}
+
+/// Opens a database another process writes, read-only, once it exists.
+pub fn open_reader(db: &Path) -> Option<rusqlite::Connection> {
+    if !db.exists() {
+        return None;
+    }
+    rusqlite::Connection::open_with_flags(
+        db,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .ok()
+}
+
+/// Polls `db` until it holds `n` rows; the instant they were seen. Fails if the
+/// process ends first or time runs out.
+pub fn wait_for_rows(child: &Child, db: &Path, n: u64, deadline: Instant) -> Result<Instant> {
+    let mut conn = None;
+    let mut last = 0;
+    loop {
+        if conn.is_none() {
+            conn = open_reader(db);
+        }
+        if let Some(c) = &conn {
+            last = stored_rows(c);
+            if last >= n {
+                return Ok(Instant::now());
+            }
+        }
+        if let Some(e) = procstat::wait_until(child, Instant::now())? {
+            bail!(
+                "the process exited with code {} after {last} of {n} rows",
+                e.code
+            );
+        }
+        if Instant::now() > deadline {
+            let _ = procstat::terminate(child, Duration::from_secs(5));
+            bail!("only {last} of {n} rows stored in time");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

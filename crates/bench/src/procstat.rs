@@ -1,0 +1,168 @@
+//! What a process costs, read from /proc and from wait4's resource usage: resident
+//! memory, CPU time, the open-file limit; and child processes that are waited for
+//! with a deadline while their usage is collected.
+
+use anyhow::{bail, Result};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+/// Sends a signal to a process we started.
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) has no memory effects; the pid is one of our own children.
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+/// VmRSS of a running process, KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// utime + stime of a running process (all its threads), seconds.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; the fields after its closing parenthesis do not.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5), counted after pid and comm: indexes 11 and 12.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / clock_ticks())
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no memory effects.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// The soft open-file limit of a running process.
+pub fn open_file_limit(pid: u32) -> Option<u64> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// CPU and memory between two samples of a running process.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    at: Instant,
+    cpu: f64,
+}
+
+impl Sample {
+    /// Samples the process now.
+    pub fn take(pid: u32) -> Option<Sample> {
+        Some(Sample {
+            at: Instant::now(),
+            cpu: cpu_seconds(pid)?,
+        })
+    }
+
+    /// Percent of one core used since `self`.
+    pub fn cpu_percent_until(&self, later: &Sample) -> f64 {
+        let wall = later.at.duration_since(self.at).as_secs_f64();
+        if wall <= 0.0 {
+            return 0.0;
+        }
+        100.0 * (later.cpu - self.cpu) / wall
+    }
+}
+
+/// How a child ended and what it used over its whole life.
+#[derive(Debug, Clone, Copy)]
+pub struct Ended {
+    /// Exit code, or 128 + signal.
+    pub code: i32,
+    /// When it was reaped.
+    pub at: Instant,
+    /// User + system CPU, seconds.
+    pub cpu: f64,
+    /// Peak resident memory, KiB.
+    pub max_rss_kib: u64,
+}
+
+/// Waits for a child with a deadline, without blocking past it; Ok(None) on timeout.
+/// The child is reaped here (with its resource usage), so do not wait on it again.
+pub fn wait_until(child: &Child, deadline: Instant) -> Result<Option<Ended>> {
+    let pid = child.id() as libc::pid_t;
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: zeroed rusage is a valid value; wait4 fills it.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: pointers to live locals; WNOHANG never blocks.
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if r == pid {
+            let code = if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                128 + libc::WTERMSIG(status)
+            };
+            let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+            return Ok(Some(Ended {
+                code,
+                at: Instant::now(),
+                cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
+                max_rss_kib: usage.ru_maxrss as u64,
+            }));
+        }
+        if r < 0 {
+            bail!(
+                "waiting for process {pid}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// SIGTERM, then SIGKILL if it has not ended within `grace`.
+pub fn terminate(child: &Child, grace: Duration) -> Result<Ended> {
+    signal(child.id(), libc::SIGTERM);
+    if let Some(e) = wait_until(child, Instant::now() + grace)? {
+        return Ok(e);
+    }
+    signal(child.id(), libc::SIGKILL);
+    wait_until(child, Instant::now() + Duration::from_secs(5))?
+        .ok_or_else(|| anyhow::anyhow!("process {} survived SIGKILL", child.id()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_its_own_process() {
+        let me = std::process::id();
+        assert!(rss_kib(me).unwrap() > 0);
+        assert!(cpu_seconds(me).unwrap() >= 0.0);
+        assert!(open_file_limit(me).unwrap() > 0);
+    }
+
+    #[test]
+    // wait_until reaps the child with wait4, which clippy cannot see.
+    #[allow(clippy::zombie_processes)]
+    fn waits_for_a_child_with_its_usage() {
+        let child = std::process::Command::new("sh")
+            .args(["-c", "exit 3"])
+            .spawn()
+            .unwrap();
+        let ended = wait_until(&child, Instant::now() + Duration::from_secs(10))
+            .unwrap()
+            .expect("sh exits at once");
+        assert_eq!(ended.code, 3);
+        assert!(ended.max_rss_kib > 0);
+    }
+}

@@ -1,0 +1,144 @@
+//! Scenario 3, device scale: one device-sim process with 1,000 and 10,000 TLS
+//! devices at one message per device per second: time until the broker counts them
+//! all connected, resident memory per device, CPU.
+
+use super::{guarded, Ctx};
+use crate::broker::Broker;
+use crate::consumers::our_command;
+use crate::loadgen::ConnectedWatcher;
+use crate::procstat::{self, Sample};
+use crate::report::{Row, Section};
+use anyhow::{anyhow, Context, Result};
+use std::time::{Duration, Instant};
+
+/// Runs the scenario.
+pub fn run(ctx: &Ctx) -> Section {
+    let mut s = Section::new(
+        "scale",
+        "one device-sim, N TLS devices, 1 msg/device/s (no subscriber)",
+    );
+    let counts: &[u32] = if ctx.quick { &[1000] } else { &[1000, 10_000] };
+    s.note("connected = $SYS/broker/clients/connected (published every second, so connect times are +-1 s); memory = VmRSS of device-sim after the steady window / N; cpu% = utime+stime over the steady window, percent of one core");
+    guarded(&mut s, "scale", |s| {
+        let sim = ctx.programs.device_sim.clone().map_err(|e| anyhow!(e))?;
+        for &n in counts {
+            let dir = ctx.subdir(&format!("scale-{n}"));
+            let broker = Broker::start(&dir.join("broker"), &ctx.pki, ctx.limits)?;
+            s.command(broker.command_line());
+            if let Some(nofile) = broker.nofile {
+                s.note(format!("broker open-file limit: {nofile}"));
+            }
+            let label = format!("{n} TLS devices");
+            if let Err(e) = one(ctx, s, &broker, &sim, n, &dir) {
+                s.skip(format!("{label}: {e:#}"));
+            }
+        }
+        Ok(())
+    });
+    s
+}
+
+fn one(
+    ctx: &Ctx,
+    s: &mut Section,
+    broker: &Broker,
+    sim: &std::path::Path,
+    n: u32,
+    dir: &std::path::Path,
+) -> Result<()> {
+    let tls = broker.endpoint(true);
+    let mut watcher = ctx
+        .rt
+        .block_on(ConnectedWatcher::start(&broker.endpoint(false)))?;
+    // Wait for the first report, which counts the watcher itself.
+    let first = Instant::now();
+    while watcher.connected() == 0 && first.elapsed() < Duration::from_secs(5) {
+        ctx.rt.block_on(watcher.changed(Duration::from_secs(2)));
+    }
+    let base = watcher.connected();
+    let broker_pid = broker.pid().context("broker not running")?;
+    let args: Vec<String> = vec![
+        "--count".into(),
+        n.to_string(),
+        "--interval".into(),
+        "1s".into(),
+        "--queue".into(),
+        dir.join("queue.db").display().to_string(),
+    ];
+    s.command(format!(
+        "{} {} {}",
+        tls.env_words(None),
+        sim.display(),
+        args.join(" ")
+    ));
+    let start = Instant::now();
+    let child = our_command(sim, dir, &tls.env(None))
+        .args(&args)
+        .stdout(std::fs::File::create(dir.join("device-sim.out"))?)
+        .stderr(std::fs::File::create(dir.join("device-sim.log"))?)
+        .spawn()
+        .context("starting device-sim")?;
+    let result = (|| -> Result<()> {
+        let limit = Duration::from_secs(if n > 5000 { 120 } else { 60 });
+        let mut connected_at = None;
+        let mut seen = 0;
+        while start.elapsed() < limit {
+            ctx.rt
+                .block_on(watcher.changed(Duration::from_millis(1500)));
+            seen = watcher.connected().saturating_sub(base);
+            if seen >= u64::from(n) {
+                connected_at = Some(start.elapsed());
+                break;
+            }
+            if let Some(e) = procstat::wait_until(&child, Instant::now())? {
+                anyhow::bail!(
+                    "device-sim exited with code {} after {seen} connected",
+                    e.code
+                );
+            }
+        }
+        let window = Duration::from_secs(if ctx.quick { 5 } else { 10 });
+        let sim0 = Sample::take(child.id());
+        let b0 = Sample::take(broker_pid);
+        std::thread::sleep(window);
+        let sim1 = Sample::take(child.id());
+        let b1 = Sample::take(broker_pid);
+        let rss = procstat::rss_kib(child.id()).unwrap_or(0);
+        let broker_rss = procstat::rss_kib(broker_pid).unwrap_or(0);
+        let still = watcher.connected().saturating_sub(base);
+        let pct = |a: Option<Sample>, b: Option<Sample>| match (a, b) {
+            (Some(a), Some(b)) => a.cpu_percent_until(&b),
+            _ => f64::NAN,
+        };
+        let per_device = rss as f64 / f64::from(n);
+        s.row(
+            Row::new(format!("{n} TLS devices"))
+                .set("connected", seen)
+                .set(
+                    "all connected s",
+                    connected_at.map(|d| d.as_secs_f64()).unwrap_or(f64::NAN),
+                )
+                .set("connected after window", still)
+                .set("sim RSS MiB", rss as f64 / 1024.0)
+                .set("KiB/device", per_device)
+                .set("cpu% sim", pct(sim0, sim1))
+                .set("cpu% broker", pct(b0, b1))
+                .set("broker RSS MiB", broker_rss as f64 / 1024.0),
+        );
+        match connected_at {
+            Some(d) => s.note(format!(
+                "{n} devices connected in {:.0} s (goal for 10,000: < 30 s{}); {per_device:.0} KiB/device (goal <= 100 KiB: {})",
+                d.as_secs_f64(),
+                if n == 10_000 { if d.as_secs_f64() < 30.0 { ": met" } else { ": MISSED" } } else { "" },
+                if per_device <= 100.0 { "met" } else { "MISSED" }
+            )),
+            None => s.note(format!(
+                "{n} devices: only {seen} connected within {} s",
+                limit.as_secs()
+            )),
+        }
+        Ok(())
+    })();
+    let _ = procstat::terminate(&child, Duration::from_secs(20));
+    result
+}

@@ -1,0 +1,197 @@
+//! Scenario 1, ingest throughput: N messages are queued by the broker for a
+//! consumer's persistent QoS 1 session while it is offline, then the consumer is
+//! started and timed until all N are stored (received, for mosquitto_sub). Every
+//! consumer drains the same load from the same broker, plain and TLS.
+
+use super::{guarded, Ctx};
+use crate::broker::{Broker, Limits};
+use crate::consumers::{Consumer, Run};
+use crate::loadgen::{self, Load};
+use crate::report::{Row, Section};
+use std::time::Duration;
+
+/// Connections of the load generator.
+pub const LOAD_CONNECTIONS: usize = 4;
+/// Unacknowledged messages per load connection.
+pub const LOAD_WINDOW: u16 = 200;
+
+struct Variant {
+    tls: bool,
+    limits: Limits,
+    consumers: Vec<Consumer>,
+}
+
+impl Variant {
+    fn label(&self, base: &Limits) -> String {
+        let t = if self.tls { "TLS" } else { "plain" };
+        if self.limits.max_inflight == base.max_inflight {
+            t.to_string()
+        } else {
+            format!("{t}, inflight {}", self.limits.max_inflight)
+        }
+    }
+}
+
+/// Runs the scenario.
+pub fn run(ctx: &Ctx) -> Section {
+    let mut s = Section::new(
+        "throughput",
+        "drain of N queued QoS 1 messages from a persistent session",
+    );
+    let n = ctx.messages;
+    let rounds = if ctx.quick { 1 } else { 2 };
+    let all = vec![Consumer::MosquittoSub, Consumer::Paho, Consumer::Collector];
+    let mut variants = vec![
+        Variant {
+            tls: false,
+            limits: ctx.limits,
+            consumers: all.clone(),
+        },
+        Variant {
+            tls: true,
+            limits: ctx.limits,
+            consumers: all,
+        },
+    ];
+    if !ctx.quick && ctx.limits.max_inflight < 1000 {
+        // What raising the broker's window buys a consumer that acknowledges after commit.
+        variants.push(Variant {
+            tls: true,
+            limits: Limits {
+                max_inflight: 1000,
+                ..ctx.limits
+            },
+            consumers: vec![Consumer::MosquittoSub, Consumer::Collector],
+        });
+    }
+    s.note(format!(
+        "N = {n} messages per drain; load generator: {LOAD_CONNECTIONS} connections, window {LOAD_WINDOW} each, QoS 1, contract payloads; best of {rounds} round(s); elapsed = process start to the Nth message stored/received (start-up and connect included)"
+    ));
+    for v in &variants {
+        let label = v.label(&ctx.limits);
+        guarded(&mut s, &format!("{label} drains"), |s| {
+            run_variant(ctx, s, v, &label, n, rounds)
+        });
+    }
+    for v in &variants {
+        let label = v.label(&ctx.limits);
+        let coll = s
+            .find(&format!("collector, {label}"))
+            .and_then(|r| r.num("msg/s"));
+        for peer in [Consumer::MosquittoSub, Consumer::Paho] {
+            let p = s
+                .find(&format!("{}, {label}", peer.name()))
+                .and_then(|r| r.num("msg/s"));
+            if let (Some(c), Some(p)) = (coll, p) {
+                s.note(format!(
+                    "{label}: collector / {} = {:.2}{}",
+                    peer.name(),
+                    c / p,
+                    if peer == Consumer::MosquittoSub {
+                        if c / p >= 0.9 {
+                            " (goal >= 0.90: met)"
+                        } else {
+                            " (goal >= 0.90: MISSED)"
+                        }
+                    } else {
+                        ""
+                    }
+                ));
+            }
+        }
+    }
+    s
+}
+
+fn run_variant(
+    ctx: &Ctx,
+    s: &mut Section,
+    v: &Variant,
+    label: &str,
+    n: u64,
+    rounds: usize,
+) -> anyhow::Result<()> {
+    let dir = ctx.subdir(&format!(
+        "throughput-{}-{}",
+        if v.tls { "tls" } else { "plain" },
+        v.limits.max_inflight
+    ));
+    let broker = Broker::start(&dir.join("broker"), &ctx.pki, v.limits)?;
+    s.command(broker.command_line());
+    let ep = broker.endpoint(v.tls);
+    let load = Load {
+        messages: n,
+        connections: LOAD_CONNECTIONS,
+        window: LOAD_WINDOW,
+        prefix: "load_".into(),
+    };
+    let mut best: Vec<(Consumer, Option<crate::consumers::Drained>, Vec<f64>)> =
+        v.consumers.iter().map(|c| (*c, None, Vec::new())).collect();
+    let mut publishes = Vec::new();
+    for round in 0..rounds {
+        for (consumer, best, rates) in best.iter_mut() {
+            let id = format!("bench-{}", consumer.name().replace('_', "-"));
+            let attempt = (|| -> anyhow::Result<()> {
+                ctx.rt
+                    .block_on(loadgen::prime_session(&ep, &id, "device/data/+"))?;
+                let published = ctx.rt.block_on(loadgen::publish(&ep, &load))?;
+                publishes.push(published);
+                let run = Run::prepare(
+                    *consumer,
+                    &ctx.programs,
+                    &ep,
+                    &id,
+                    n,
+                    &dir.join(consumer.name()),
+                )?;
+                if round == 0 {
+                    s.command(run.line.clone());
+                }
+                let timeout = Duration::from_secs(30) + Duration::from_secs_f64(n as f64 / 1000.0);
+                let d = run.drain(timeout)?;
+                rates.push(d.rate());
+                if !matches!(best, Some(b) if b.rate() >= d.rate()) {
+                    *best = Some(d);
+                }
+                Ok(())
+            })();
+            if let Err(e) = attempt {
+                s.skip(format!(
+                    "{}, {label}, round {}: {e:#}",
+                    consumer.name(),
+                    round + 1
+                ));
+            }
+        }
+    }
+    for (consumer, best, rates) in best {
+        if let Some(d) = best {
+            let runs = rates
+                .iter()
+                .map(|r| format!("{r:.0}"))
+                .collect::<Vec<_>>()
+                .join("/");
+            s.row(
+                Row::new(format!("{}, {label}", consumer.name()))
+                    .set("msg/s", d.rate())
+                    .set("seconds", d.elapsed.as_secs_f64())
+                    .set("runs msg/s", runs)
+                    .set("cpu us/msg", d.cpu * 1e6 / d.messages as f64)
+                    .set("max RSS MiB", d.max_rss_kib as f64 / 1024.0),
+            );
+        }
+    }
+    if !publishes.is_empty() {
+        let rate = publishes.iter().map(|p| p.rate()).fold(0.0, f64::max);
+        let wire: u64 = publishes.iter().map(|p| p.wire.payload_bytes()).sum();
+        let ip: u64 = publishes.iter().map(|p| p.wire.ip_bytes()).sum();
+        let msgs: u64 = publishes.iter().map(|p| p.messages).sum();
+        s.row(
+            Row::new(format!("load generator, {label}"))
+                .set("msg/s", rate)
+                .set("wire B/msg", wire as f64 / msgs as f64)
+                .set("wire+IP B/msg", ip as f64 / msgs as f64),
+        );
+    }
+    Ok(())
+}
