@@ -458,8 +458,8 @@ fn strs(v: &[String]) -> Vec<&str> {
 fn env_value(file: &Path, key: &str) -> String {
     let text = std::fs::read_to_string(file).unwrap();
     text.lines()
-        .filter_map(|l| l.strip_prefix(&format!("{key}=")))
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
         .unwrap_or_else(|| panic!("{} sets no {key}", file.display()))
         .to_string()
 }
