@@ -79,6 +79,10 @@ impl Batch {
     fn is_empty(&self) -> bool {
         self.records.is_empty()
     }
+
+    fn expired(&self, flush_interval: Duration) -> bool {
+        self.opened.is_some_and(|t| t.elapsed() >= flush_interval)
+    }
 }
 
 /// A batch whose transaction is running.
@@ -197,10 +201,6 @@ impl Ingest {
         status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let can_read = self.open.len() < self.cfg.batch_size;
-            let flush_at = self
-                .open
-                .opened
-                .map(|t| tokio::time::Instant::from_std(t + self.cfg.flush_interval));
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return Ok(()),
@@ -211,18 +211,21 @@ impl Ingest {
                 event = events.recv(), if can_read => {
                     let Some(event) = event else { return Err(IngestError::ConnectionGone) };
                     self.on_event(event)?;
-                    // Take whatever else is already waiting, up to a full batch.
-                    while self.open.len() < self.cfg.batch_size {
+                    // Take whatever else is already waiting, up to a full batch or
+                    // the flush interval (a commit is never held back waiting for more).
+                    while self.open.len() < self.cfg.batch_size
+                        && !self.open.expired(self.cfg.flush_interval)
+                    {
                         match events.try_recv() {
                             Ok(event) => self.on_event(event)?,
                             Err(_) => break,
                         }
                     }
                 }
-                _ = tokio::time::sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)), if flush_at.is_some() && self.in_flight.is_none() => {}
                 _ = status.tick() => self.log_status(),
             }
-            // No input waiting (or the batch is full, or old enough): commit now.
+            // No input waiting, the batch full or old enough: commit now, unless a
+            // transaction is running (then this batch goes as soon as it returns).
             if self.in_flight.is_none() && !self.open.is_empty() {
                 self.commit();
             }
