@@ -590,6 +590,52 @@ fn shipped_broker_config_enforces_tls_passwords_and_the_acl() {
         .collect()
     };
 
+    // The real collector with docker/collector.env, pointed at this broker.
+    let mut collector_env: Vec<(String, String)> = std::fs::read_to_string(&collector_env)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let db = t.join("collector.db");
+    for (k, v) in [
+        ("MQTT_BROKER_HOST", "localhost".to_string()),
+        ("MQTT_BROKER_PORT", tls_port.clone()),
+        ("MQTT_CA_CERTS", ca.clone()),
+        ("COLLECTOR_DB", db.display().to_string()),
+    ] {
+        collector_env.retain(|(key, _)| key != k);
+        collector_env.push((k.to_string(), v));
+    }
+    let mut real_collector = e2e::spawn(&mut command("collector", t, &collector_env));
+    let rows = |sql: &str| -> i64 {
+        rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .and_then(|c| c.query_row(sql, [], |r| r.get(0)))
+            .unwrap_or(0)
+    };
+    // Ready once a probe published by a device reaches the collector's database.
+    let probe = tls_args(&d_user, &d_pass, "probe_01");
+    let mut args = strs(&probe);
+    args.extend([
+        "-q",
+        "1",
+        "-t",
+        "device/data/probe_01",
+        "-m",
+        r#"{"speed": 1.0}"#,
+    ]);
+    assert!(
+        e2e::wait_until(Duration::from_secs(20), || {
+            assert!(real_collector.is_running(), "the collector exited");
+            mosquitto_pub(&args);
+            e2e::wait_until(Duration::from_millis(300), || {
+                rows("SELECT count(*) FROM telemetry WHERE device_id = 'probe_01'") > 0
+            })
+        }),
+        "the collector with docker/collector.env stored nothing"
+    );
+
     // The collector's view, through TLS with its password.
     let collector_args = tls_args(&c_user, &c_pass, "kit-collector");
     let mut args = strs(&collector_args);
@@ -633,6 +679,12 @@ fn shipped_broker_config_enforces_tls_passwords_and_the_acl() {
         "the collector user did not get 2 x 3 readings: {:?}",
         collector.messages()
     );
+    assert!(
+        e2e::wait_until(Duration::from_secs(10), || rows(
+            "SELECT count(*) FROM telemetry WHERE device_id IN ('vehicle_01', 'vehicle_02')"
+        ) == 6),
+        "the collector did not store 2 x 3 readings"
+    );
     for m in collector.messages() {
         let (topic, payload) = m.split_once(' ').unwrap();
         let v: serde_json::Value = serde_json::from_str(payload).unwrap();
@@ -664,6 +716,24 @@ fn shipped_broker_config_enforces_tls_passwords_and_the_acl() {
         !collector.messages().iter().any(|m| m.ends_with(" FORGED")),
         "a device published to another device's topic: {:?}",
         collector.messages()
+    );
+    assert!(
+        e2e::wait_until(Duration::from_secs(10), || rows(
+            "SELECT count(*) FROM rejected WHERE CAST(payload AS TEXT) = 'MARKER'"
+        ) == 1),
+        "the collector did not keep the (non-JSON) marker aside"
+    );
+    assert_eq!(
+        rows("SELECT (SELECT count(*) FROM telemetry WHERE device_id = 'vehicle_02') + (SELECT count(*) FROM rejected WHERE CAST(payload AS TEXT) = 'FORGED')"),
+        3,
+        "the collector received a forged message"
+    );
+    real_collector.signal(libc::SIGTERM);
+    let out = real_collector.wait_output(Duration::from_secs(20)).unwrap();
+    assert!(
+        out.status.success(),
+        "collector after SIGTERM: {}",
+        text(&out)
     );
     // The broker handed the marker to every subscriber at once; give a wrong copy a moment to show up.
     assert!(
@@ -986,6 +1056,8 @@ fn env_examples_list_every_variable_and_only_variables_the_code_reads() {
             "{name} lists {unknown:?}, which the code does not read"
         );
 
+        mqtt_core::Env::load(Some(&path))
+            .unwrap_or_else(|e| panic!("the binaries cannot load {name}: {e}"));
         // As shipped, the example is a working plain-TCP configuration.
         let pairs: Vec<(String, String)> = std::fs::read_to_string(&path)
             .unwrap()
