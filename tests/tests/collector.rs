@@ -545,3 +545,22 @@ fn broker_restarted_without_persistence_gets_a_new_subscription() {
     let out = collector.wait_output(Duration::from_secs(20)).unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
+
+#[test]
+fn collector_over_mutual_tls_stores_what_arrives() {
+    let pki = e2e::Pki::new();
+    let mut stack = Stack::new(BrokerConfig::new().tls(&pki).require_certificate(true));
+    let (crt, key) = pki.client("mqtt-collector");
+    let mut env = stack.broker.env_tls(&pki);
+    env.push(("MQTT_CERTFILE".into(), crt.display().to_string()));
+    env.push(("MQTT_KEYFILE".into(), key.display().to_string()));
+    stack.env = env;
+    stack.start_collector();
+    for seq in 1..=10 {
+        let payload = format!(r#"{{"device_id":"vehicle_01","seq":{seq},"timestamp":1700000000}}"#);
+        publish(&stack, "device/data/vehicle_01", payload.as_bytes());
+    }
+    assert_complete(&stack, &expected(1, |_| 1..=10));
+    let out = stack.stop_collector();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
