@@ -41,6 +41,8 @@ pub struct Limits {
     pub max_inflight: u32,
     /// `max_queued_messages`: messages held per offline persistent session.
     pub max_queued: u32,
+    /// `set_tcp_nodelay`: Mosquitto's default (false) leaves Nagle's algorithm on.
+    pub tcp_nodelay: bool,
 }
 
 impl Limits {
@@ -50,6 +52,7 @@ impl Limits {
             format!("max_inflight_messages {}", self.max_inflight),
             format!("max_queued_messages {}", self.max_queued),
             "max_queued_bytes 0".into(),
+            format!("set_tcp_nodelay {}", self.tcp_nodelay),
         ]
     }
 }

@@ -27,6 +27,9 @@ pub struct Cli {
     /// QoS 1 messages it sends one subscriber before waiting for PUBACKs
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub max_inflight: u32,
+    /// Start every broker with `set_tcp_nodelay true` (Mosquitto's default is false: Nagle's algorithm on)
+    #[arg(long)]
+    pub tcp_nodelay: bool,
     /// Messages per consumer in the throughput scenario [default 100000, 20000 with --quick]
     #[arg(long, value_name = "N")]
     pub messages: Option<u64>,

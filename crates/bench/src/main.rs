@@ -90,6 +90,7 @@ fn meta(cli: &Cli, limits: &Limits, broker_conf: &str) -> serde_json::Value {
         "loadavg_at_start": scenarios::loadavg(),
         "broker_max_inflight_messages": limits.max_inflight,
         "broker_max_queued_messages": limits.max_queued,
+        "broker_set_tcp_nodelay": limits.tcp_nodelay,
         "broker_config": broker_conf,
     })
 }
@@ -98,6 +99,7 @@ fn run(cli: Cli) -> Result<()> {
     let limits = Limits {
         max_inflight: cli.max_inflight,
         max_queued: 1_000_000,
+        tcp_nodelay: cli.tcp_nodelay,
     };
     let messages = cli
         .messages
@@ -130,9 +132,10 @@ fn run(cli: Cli) -> Result<()> {
     let meta = meta(&cli, &limits, &conf);
     println!("bench: {}", serde_json::to_string(&meta)?);
     println!(
-        "bench: broker max_inflight_messages={} max_queued_messages={} (open-file limit {}), working directory {}",
+        "bench: broker max_inflight_messages={} max_queued_messages={} set_tcp_nodelay={} (open-file limit {}), working directory {}",
         limits.max_inflight,
         limits.max_queued,
+        limits.tcp_nodelay,
         nofile.map(|n| n.to_string()).unwrap_or_else(|| "?".into()),
         dir.display()
     );

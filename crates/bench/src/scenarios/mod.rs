@@ -50,8 +50,9 @@ pub fn loadavg() -> Option<f64> {
         .ok()
 }
 
-/// Rows in the largest table of a SQLite file another process writes (0 if none yet).
-pub fn largest_table_rows(db: &Path) -> u64 {
+/// Messages waiting in device-sim's queue: rows of its `outbox` table, or of the
+/// largest table if it has none by that name (0 while the file does not exist).
+pub fn queued_rows(db: &Path) -> u64 {
     let Some(conn) = crate::consumers::open_reader(db) else {
         return 0;
     };
@@ -62,6 +63,8 @@ pub fn largest_table_rows(db: &Path) -> u64 {
                 .collect::<Result<Vec<_>, _>>()
         })
         .unwrap_or_default();
+    let outbox: Vec<String> = tables.iter().filter(|t| *t == "outbox").cloned().collect();
+    let tables = if outbox.is_empty() { tables } else { outbox };
     tables
         .iter()
         .filter_map(|t| {

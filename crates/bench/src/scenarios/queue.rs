@@ -2,7 +2,7 @@
 //! every message lands in its SQLite queue (enqueue rate); then the broker comes up
 //! on the port device-sim keeps trying, and the queue is drained (drain rate).
 
-use super::{guarded, largest_table_rows, Ctx};
+use super::{guarded, queued_rows, Ctx};
 use crate::broker::{free_port, Broker, Endpoint};
 use crate::consumers::our_command;
 use crate::procstat;
@@ -61,7 +61,7 @@ fn one(ctx: &Ctx, s: &mut Section) -> Result<()> {
         let mut first_row = None;
         let full_at;
         loop {
-            let rows = largest_table_rows(&queue);
+            let rows = queued_rows(&queue);
             if rows > 0 && first_row.is_none() {
                 first_row = Some(Instant::now());
             }
@@ -89,7 +89,7 @@ fn one(ctx: &Ctx, s: &mut Section) -> Result<()> {
         s.command(broker.command_line() + "   # once the queue is full");
         let mut empty_at = None;
         let ended = loop {
-            let rows = largest_table_rows(&queue);
+            let rows = queued_rows(&queue);
             if rows == 0 && empty_at.is_none() {
                 empty_at = Some(Instant::now());
             }
@@ -101,7 +101,7 @@ fn one(ctx: &Ctx, s: &mut Section) -> Result<()> {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        let left = largest_table_rows(&queue);
+        let left = queued_rows(&queue);
         if ended.code != 0 || left != 0 {
             bail!(
                 "device-sim exited with code {} leaving {left} queued",
