@@ -26,8 +26,12 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-/// Messages of one device kept in memory; older ones wait in the queue file.
-const MEM_CAP: usize = 64;
+/// Messages of one device kept in memory, per message of the window (at least 16);
+/// newer ones wait in the queue file, so a long outage costs disk, not memory.
+const MEM_PER_WINDOW: usize = 3;
+/// Messages of one device written to the queue writer but not yet committed; past
+/// it the device skips ticks, so a slow disk slows generation instead of filling memory.
+const MAX_UNCOMMITTED: u64 = 16;
 /// How long a leaving device waits for its connection to close.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// File descriptors kept free for SQLite, the runtime and logging.
@@ -224,6 +228,7 @@ struct Device {
     topics: u8,
     vehicle: Vehicle,
     next_seq: u64,
+    committed_seq: u64,
     generated: u64,
     outbox: Outbox,
     connected: bool,
@@ -244,8 +249,14 @@ impl Device {
             },
             vehicle: Vehicle::new(cfg.seed, idx as u64),
             next_seq: start.next_seq,
+            committed_seq: start.next_seq - 1,
             generated: 0,
-            outbox: Outbox::new(start.queued, cfg.window as usize, cfg.queue_limit, MEM_CAP),
+            outbox: Outbox::new(
+                start.queued,
+                cfg.window as usize * if cfg.legacy_topic { 2 } else { 1 },
+                cfg.queue_limit,
+                (cfg.window as usize * MEM_PER_WINDOW).max(16),
+            ),
             connected: false,
             ever_connected: false,
             id,
@@ -368,7 +379,10 @@ impl Device {
 
     fn on_notice(&mut self, ctx: &Ctx, n: Notice) {
         match n {
-            Notice::Committed(seq) => self.outbox.committed(seq),
+            Notice::Committed(seq) => {
+                self.committed_seq = self.committed_seq.max(seq);
+                self.outbox.committed(seq);
+            }
             Notice::Loaded(rows) => {
                 let evict = self.outbox.loaded(rows);
                 self.evicted(ctx, &evict);
@@ -377,6 +391,12 @@ impl Device {
     }
 
     fn generate(&mut self, ctx: &Ctx) {
+        if self.next_seq - 1 - self.committed_seq >= MAX_UNCOMMITTED {
+            if ctx.stats.skipped.fetch_add(1, Relaxed) == 0 {
+                warn!("the offline queue cannot store messages as fast as they are generated; devices skip readings until it catches up (counted in the summary)");
+            }
+            return;
+        }
         let seq = self.next_seq;
         self.next_seq += 1;
         self.generated += 1;

@@ -135,16 +135,19 @@ pub struct Queue {
     thread: Option<JoinHandle<Result<(), QueueError>>>,
 }
 
+// Rows are appended in arrival order (rowid), so a batch that interleaves thousands
+// of devices touches a few pages at the end of the table, plus small index entries.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY,
     device_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
     topic TEXT NOT NULL,
     also_legacy INTEGER NOT NULL DEFAULT 0,
     payload TEXT NOT NULL,
-    created REAL NOT NULL,
-    PRIMARY KEY (device_id, seq)
-) WITHOUT ROWID;
+    created REAL NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS outbox_device_seq ON outbox (device_id, seq);
 CREATE TABLE IF NOT EXISTS device_seq (
     device_id TEXT PRIMARY KEY,
     last_seq INTEGER NOT NULL

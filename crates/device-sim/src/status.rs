@@ -27,6 +27,8 @@ pub struct Stats {
     pub evicted: AtomicU64,
     /// Connections re-established after a loss.
     pub reconnects: AtomicU64,
+    /// Readings skipped because the queue writer was behind.
+    pub skipped: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`].
@@ -50,6 +52,8 @@ pub struct Snapshot {
     pub evicted: u64,
     /// See [`Stats::reconnects`].
     pub reconnects: u64,
+    /// See [`Stats::skipped`].
+    pub skipped: u64,
 }
 
 impl Stats {
@@ -65,6 +69,7 @@ impl Stats {
             queued: self.queued.load(Relaxed),
             evicted: self.evicted.load(Relaxed),
             reconnects: self.reconnects.load(Relaxed),
+            skipped: self.skipped.load(Relaxed),
         }
     }
 }
@@ -87,8 +92,16 @@ pub fn status_line(now: &Snapshot, before: &Snapshot, elapsed: Duration) -> Stri
 /// The summary printed at the end of a run.
 pub fn summary(s: &Snapshot, elapsed: Duration) -> String {
     let secs = elapsed.as_secs_f64().max(1e-3);
+    let skipped = if s.skipped > 0 {
+        format!(
+            ", readings skipped while the queue was behind {}",
+            s.skipped
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "summary: {} devices, {} finished, generated {}, acknowledged {} ({:.0}/s over {:.1}s), published {} (resends included), evicted {}, still queued {}, reconnects {}",
+        "summary: {} devices, {} finished, generated {}, acknowledged {} ({:.0}/s over {:.1}s), published {} (resends included), evicted {}, still queued {}, reconnects {}{skipped}",
         s.devices,
         s.finished,
         s.generated,
