@@ -17,19 +17,25 @@ pub fn run(ctx: &Ctx) -> Section {
         "scale",
         "one device-sim, N TLS devices, 1 msg/device/s (no subscriber)",
     );
-    let counts: &[u32] = if ctx.quick { &[1000] } else { &[1000, 10_000] };
-    s.note("connected = $SYS/broker/clients/connected (published every second, so connect times are +-1 s); memory = VmRSS of device-sim after the steady window / N; cpu% = utime+stime over the steady window, percent of one core");
+    // (devices, --connect-rate): device-sim's default rate (500/s) first; then a faster
+    // ramp, to see what limits the connect time when device-sim's pacing does not.
+    let counts: &[(u32, Option<u32>)] = if ctx.quick {
+        &[(1000, None)]
+    } else {
+        &[(1000, None), (10_000, None), (10_000, Some(2000))]
+    };
+    s.note("connected = $SYS/broker/clients/connected (published every second, so connect times are +-1 s); memory = VmRSS of device-sim after the steady window / N; cpu% = utime+stime over the steady window, percent of one core; device-sim paces new connections with --connect-rate (default 500/s, so 10,000 take at least 20 s)");
     guarded(&mut s, "scale", |s| {
         let sim = ctx.programs.device_sim.clone().map_err(|e| anyhow!(e))?;
-        for &n in counts {
-            let dir = ctx.subdir(&format!("scale-{n}"));
+        for &(n, rate) in counts {
+            let dir = ctx.subdir(&format!("scale-{n}-{}", rate.unwrap_or(0)));
             let broker = Broker::start(&dir.join("broker"), &ctx.pki, ctx.limits)?;
             s.command(broker.command_line());
             if let Some(nofile) = broker.nofile {
                 s.note(format!("broker open-file limit: {nofile}"));
             }
-            let label = format!("{n} TLS devices");
-            if let Err(e) = one(ctx, s, &broker, &sim, n, &dir) {
+            let label = label(n, rate);
+            if let Err(e) = one(ctx, s, &broker, &sim, n, rate, &dir) {
                 s.skip(format!("{label}: {e:#}"));
             }
         }
@@ -44,6 +50,7 @@ fn one(
     broker: &Broker,
     sim: &std::path::Path,
     n: u32,
+    rate: Option<u32>,
     dir: &std::path::Path,
 ) -> Result<()> {
     let tls = broker.endpoint(true);
@@ -57,7 +64,7 @@ fn one(
     }
     let base = watcher.connected();
     let broker_pid = broker.pid().context("broker not running")?;
-    let args: Vec<String> = vec![
+    let mut args: Vec<String> = vec![
         "--count".into(),
         n.to_string(),
         "--interval".into(),
@@ -65,6 +72,10 @@ fn one(
         "--queue".into(),
         dir.join("queue.db").display().to_string(),
     ];
+    if let Some(r) = rate {
+        args.push("--connect-rate".into());
+        args.push(r.to_string());
+    }
     s.command(format!(
         "{} {} {}",
         tls.env_words(None),
@@ -112,7 +123,7 @@ fn one(
         };
         let per_device = rss as f64 / f64::from(n);
         s.row(
-            Row::new(format!("{n} TLS devices"))
+            Row::new(label(n, rate))
                 .set("connected", seen)
                 .set(
                     "all connected s",
@@ -127,13 +138,15 @@ fn one(
         );
         match connected_at {
             Some(d) => s.note(format!(
-                "{n} devices connected in {:.0} s (goal for 10,000: < 30 s{}); {per_device:.0} KiB/device (goal <= 100 KiB: {})",
+                "{}: connected in {:.0} s (goal for 10,000: < 30 s{}); {per_device:.0} KiB/device (goal <= 100 KiB: {})",
+                label(n, rate),
                 d.as_secs_f64(),
                 if n == 10_000 { if d.as_secs_f64() < 30.0 { ": met" } else { ": MISSED" } } else { "" },
                 if per_device <= 100.0 { "met" } else { "MISSED" }
             )),
             None => s.note(format!(
-                "{n} devices: only {seen} connected within {} s",
+                "{}: only {seen} connected within {} s",
+                label(n, rate),
                 limit.as_secs()
             )),
         }
@@ -141,4 +154,11 @@ fn one(
     })();
     let _ = procstat::terminate(&child, Duration::from_secs(20));
     result
+}
+
+fn label(n: u32, rate: Option<u32>) -> String {
+    match rate {
+        Some(r) => format!("{n} TLS devices, --connect-rate {r}"),
+        None => format!("{n} TLS devices"),
+    }
 }

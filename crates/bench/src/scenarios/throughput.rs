@@ -23,12 +23,14 @@ struct Variant {
 
 impl Variant {
     fn label(&self, base: &Limits) -> String {
-        let t = if self.tls { "TLS" } else { "plain" };
-        if self.limits.max_inflight == base.max_inflight {
-            t.to_string()
-        } else {
-            format!("{t}, inflight {}", self.limits.max_inflight)
+        let mut l = if self.tls { "TLS" } else { "plain" }.to_string();
+        if self.limits.max_inflight != base.max_inflight {
+            l.push_str(&format!(", inflight {}", self.limits.max_inflight));
         }
+        if self.limits.tcp_nodelay != base.tcp_nodelay {
+            l.push_str(&format!(", nodelay {}", self.limits.tcp_nodelay));
+        }
+        l
     }
 }
 
@@ -59,6 +61,17 @@ pub fn run(ctx: &Ctx) -> Section {
             tls: true,
             limits: Limits {
                 max_inflight: 1000,
+                ..ctx.limits
+            },
+            consumers: vec![Consumer::MosquittoSub, Consumer::Collector],
+        });
+    }
+    if !ctx.quick {
+        // Nagle's algorithm on the broker's side shapes a window-bound, ack-after-commit consumer.
+        variants.push(Variant {
+            tls: true,
+            limits: Limits {
+                tcp_nodelay: !ctx.limits.tcp_nodelay,
                 ..ctx.limits
             },
             consumers: vec![Consumer::MosquittoSub, Consumer::Collector],
@@ -134,9 +147,10 @@ fn run_variant(
     rounds: usize,
 ) -> anyhow::Result<()> {
     let dir = ctx.subdir(&format!(
-        "throughput-{}-{}",
+        "throughput-{}-{}-{}",
         if v.tls { "tls" } else { "plain" },
-        v.limits.max_inflight
+        v.limits.max_inflight,
+        v.limits.tcp_nodelay
     ));
     let broker = Broker::start(&dir.join("broker"), &ctx.pki, v.limits)?;
     s.command(broker.command_line());
