@@ -80,7 +80,7 @@ impl Subscriber {
                 "-m",
                 "probe",
             ])
-            .args(extra.iter().filter(|a| !a.starts_with("-i")))
+            .args(probe_args(extra))
             .stdout(Stdio::null())
             .stderr(Stdio::null());
             let _ = publ.status();
@@ -141,6 +141,23 @@ impl Subscriber {
             timeout,
         )
     }
+}
+
+/// The subscriber's arguments that also suit the probe publisher: credentials and
+/// TLS, but not its session flags (`-c`, `-i ID`).
+fn probe_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut out = Vec::new();
+    let mut it = extra.iter();
+    while let Some(a) = it.next() {
+        match *a {
+            "-c" | "--disable-clean-session" => {}
+            "-i" | "--id" => {
+                it.next();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 fn rand_suffix() -> u64 {

@@ -297,6 +297,7 @@ fn collector_exits_3_on_a_certificate_it_cannot_trust() {
     let other = Pki::new();
     let broker = Broker::start(BrokerConfig::new().tls(&pki));
     let dir = tempfile::tempdir().unwrap();
+    e2e::bin("collector"); // built before the clock starts
     let start = Instant::now();
     let mut cmd = command("collector", dir.path(), &broker.env_tls(&other));
     cmd.arg("--db").arg(dir.path().join("c.db"));
