@@ -338,9 +338,21 @@ fn classify(e: &ConnectionError, ctx: &FailureContext) -> Failure {
         )),
         _ => match find_rustls_error(e) {
             Some(tls) => classify_tls(tls, ctx),
+            // A listener that does not speak TLS hangs up on our ClientHello without an
+            // alert; so does a broker at max_connections, which is why this is retried.
+            None if closed_during_handshake(e) => Transient(format!(
+                "the broker closed the connection during the TLS handshake; if this repeats, check that port {} is a TLS listener (8883 usually is, 1883 is plain MQTT)",
+                ctx.port
+            )),
             None => Transient(plain_reason(e)),
         },
     }
+}
+
+fn closed_during_handshake(e: &ConnectionError) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e, ConnectionError::Tls(rumqttc::TlsError::Io(io))
+        if matches!(io.kind(), UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe))
 }
 
 fn classify_tls(e: &rustls::Error, ctx: &FailureContext) -> Failure {
