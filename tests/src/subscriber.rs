@@ -6,39 +6,47 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-type Received = Arc<(Mutex<Vec<(String, String)>>, Condvar)>;
+#[derive(Default)]
+struct State {
+    messages: Vec<(String, String)>,
+    /// Granted QoS per filter from the SUBACK (128: refused), once it arrived.
+    granted: Option<Vec<u8>>,
+}
+
+type Shared = Arc<(Mutex<State>, Condvar)>;
 
 /// `mosquitto_sub -q 1 -v` on the broker's plain listener.
 pub struct Subscriber {
-    received: Received,
-    probe_topic: String,
+    shared: Shared,
     _child: ChildGuard,
 }
 
 impl Subscriber {
-    /// Subscribes anonymously to `filters`; returns once the subscription is live.
+    /// Subscribes anonymously to `filters`; returns once the broker answered the SUBSCRIBE.
     pub fn start(broker: &Broker, filters: &[&str]) -> Subscriber {
         Self::start_with(broker, filters, &[])
     }
 
-    /// The same with extra `mosquitto_sub` arguments (for example `-u`, `-P`).
-    /// Ready means a probe published on a private topic came back through the broker.
+    /// The same with extra `mosquitto_sub` arguments (`-u`, `-P`, `-c -i ID`, ...).
+    /// Ready means the SUBACK arrived (its debug output, `-d`, says so), so whatever is
+    /// published afterwards reaches this subscriber.
     pub fn start_with(broker: &Broker, filters: &[&str], extra: &[&str]) -> Subscriber {
-        let probe_topic = format!("e2e/probe/{}-{}", std::process::id(), rand_suffix());
-        let mut cmd = Command::new("mosquitto_sub");
-        cmd.args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &broker.plain_port.to_string(),
-            "-q",
-            "1",
-            "-v",
-        ])
-        .args(extra)
-        .args(["-t", &probe_topic]);
+        // Line-buffered, so the debug line that reports the SUBACK is not held back.
+        let mut cmd = Command::new("stdbuf");
+        cmd.args(["-oL", "mosquitto_sub"])
+            .args([
+                "-d",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &broker.plain_port.to_string(),
+                "-q",
+                "1",
+                "-v",
+            ])
+            .args(extra);
         for f in filters {
             cmd.args(["-t", f]);
         }
@@ -49,80 +57,69 @@ impl Subscriber {
             .spawn()
             .expect("mosquitto_sub is installed (apt-get install mosquitto-clients)");
         let stdout = child.stdout.take().unwrap();
-        let received: Received = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
-        let r = received.clone();
+        let shared: Shared = Arc::new((Mutex::new(State::default()), Condvar::new()));
+        let r = shared.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                let (topic, payload) = line.split_once(' ').unwrap_or((line.as_str(), ""));
                 let (lock, cv) = &*r;
-                lock.lock()
-                    .unwrap()
-                    .push((topic.to_string(), payload.to_string()));
+                let mut st = lock.lock().unwrap();
+                if let Some(rest) = line.strip_prefix("Subscribed (mid: ") {
+                    let codes = rest.split_once("): ").map(|(_, c)| c).unwrap_or("");
+                    st.granted = Some(
+                        codes
+                            .split(", ")
+                            .filter_map(|c| c.trim().parse().ok())
+                            .collect(),
+                    );
+                } else if line.starts_with("Client ") {
+                    // mosquitto_sub's debug lines (packets sent and received).
+                } else {
+                    let (topic, payload) = line.split_once(' ').unwrap_or((line.as_str(), ""));
+                    st.messages.push((topic.to_string(), payload.to_string()));
+                }
                 cv.notify_all();
             }
         });
         let sub = Subscriber {
-            received,
-            probe_topic,
+            shared,
             _child: ChildGuard { child: Some(child) },
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let mut publ = Command::new("mosquitto_pub");
-            publ.args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &broker.plain_port.to_string(),
-                "-t",
-                &sub.probe_topic,
-                "-m",
-                "probe",
-            ])
-            .args(probe_args(extra))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-            let _ = publ.status();
-            if sub.wait_raw(
-                |v| v.iter().any(|(t, _)| *t == sub.probe_topic),
-                Duration::from_millis(300),
-            ) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "mosquitto_sub did not become ready within 10 s"
-            );
-        }
+        assert!(
+            sub.wait_state(|st| st.granted.is_some(), Duration::from_secs(10)),
+            "mosquitto_sub got no SUBACK within 10 s"
+        );
         sub
     }
 
-    fn wait_raw(&self, cond: impl Fn(&Vec<(String, String)>) -> bool, timeout: Duration) -> bool {
-        let (lock, cv) = &*self.received;
+    fn wait_state(&self, cond: impl Fn(&State) -> bool, timeout: Duration) -> bool {
+        let (lock, cv) = &*self.shared;
         let guard = lock.lock().unwrap();
-        let (guard, _) = cv.wait_timeout_while(guard, timeout, |v| !cond(v)).unwrap();
+        let (guard, _) = cv
+            .wait_timeout_while(guard, timeout, |st| !cond(st))
+            .unwrap();
         cond(&guard)
     }
 
-    /// Everything received so far except probes: (topic, payload).
-    pub fn messages(&self) -> Vec<(String, String)> {
-        let (lock, _) = &*self.received;
-        lock.lock()
+    /// The QoS the broker granted per filter (128 means refused, e.g. by the ACL).
+    pub fn granted(&self) -> Vec<u8> {
+        self.shared
+            .0
+            .lock()
             .unwrap()
-            .iter()
-            .filter(|(t, _)| *t != self.probe_topic)
-            .cloned()
-            .collect()
+            .granted
+            .clone()
+            .unwrap_or_default()
+    }
+
+    /// Everything received so far: (topic, payload).
+    pub fn messages(&self) -> Vec<(String, String)> {
+        self.shared.0.lock().unwrap().messages.clone()
     }
 
     /// Waits until at least `n` messages arrived or `timeout` passed; returns what arrived.
     pub fn wait_for(&self, n: usize, timeout: Duration) -> Vec<(String, String)> {
-        let probe = self.probe_topic.clone();
-        self.wait_raw(
-            |v| v.iter().filter(|(t, _)| *t != probe).count() >= n,
-            timeout,
-        );
+        self.wait_state(|st| st.messages.len() >= n, timeout);
         self.messages()
     }
 
@@ -132,37 +129,8 @@ impl Subscriber {
         timeout: Duration,
         cond: impl Fn(&[(String, String)]) -> bool,
     ) -> bool {
-        let probe = self.probe_topic.clone();
-        self.wait_raw(
-            |v| {
-                let msgs: Vec<_> = v.iter().filter(|(t, _)| *t != probe).cloned().collect();
-                cond(&msgs)
-            },
-            timeout,
-        )
+        self.wait_state(|st| cond(&st.messages), timeout)
     }
-}
-
-/// The subscriber's arguments that also suit the probe publisher: credentials and
-/// TLS, but not its session flags (`-c`, `-i ID`).
-fn probe_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
-    let mut out = Vec::new();
-    let mut it = extra.iter();
-    while let Some(a) = it.next() {
-        match *a {
-            "-c" | "--disable-clean-session" => {}
-            "-i" | "--id" => {
-                it.next();
-            }
-            other => out.push(other),
-        }
-    }
-    out
-}
-
-fn rand_suffix() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(Instant::now())
 }
 
 /// Per device id, the `seq` values received (sorted, duplicates kept).

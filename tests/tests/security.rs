@@ -3,7 +3,7 @@
 //! passwords that never reach a log line or a database.
 
 use e2e::stack::{stderr, Stack};
-use e2e::{command, run_with_timeout, wait_until, Broker, BrokerConfig, Pki};
+use e2e::{command, run_with_timeout, wait_until, Broker, BrokerConfig, Pki, Subscriber};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -370,4 +370,77 @@ fn passwords_never_reach_logs_or_databases() {
             );
         }
     }
+}
+
+fn pub_as(broker: &Broker, user: &str, pass: &str, id: &str, topic: &str, msg: &str) {
+    let status = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &broker.plain_port.to_string()])
+        .args([
+            "-u", user, "-P", pass, "-i", id, "-q", "1", "-t", topic, "-m", msg,
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success(), "mosquitto_pub as {id} to {topic}");
+}
+
+#[test]
+fn shipped_acl_lets_a_device_write_only_its_own_topics_and_read_nothing() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let acl = std::fs::read_to_string(root.join("docker/mosquitto/config/acl")).unwrap();
+    let broker = Broker::start(
+        BrokerConfig::new()
+            .user("collector", "collector-pw")
+            .user("device", "device-pw")
+            .acl(&acl),
+    );
+    let collector = Subscriber::start_with(
+        &broker,
+        &["device/data/+", "vehicle/speed/+"],
+        &["-u", "collector", "-P", "collector-pw"],
+    );
+    // A device with valid credentials tries to read everything.
+    let spy = Subscriber::start_with(
+        &broker,
+        &["#"],
+        &["-u", "device", "-P", "device-pw", "-i", "vehicle_09"],
+    );
+    pub_as(
+        &broker,
+        "device",
+        "device-pw",
+        "vehicle_01",
+        "device/data/vehicle_02",
+        "forged",
+    );
+    pub_as(
+        &broker,
+        "device",
+        "device-pw",
+        "vehicle_01",
+        "vehicle/speed/vehicle_02",
+        "forged-legacy",
+    );
+    pub_as(
+        &broker,
+        "device",
+        "device-pw",
+        "vehicle_01",
+        "device/data/vehicle_01",
+        "own",
+    );
+    // Published in this order by the same broker loop: once "own" is in, the forged
+    // ones would have been too.
+    let got = collector.wait_for(1, Duration::from_secs(10));
+    assert_eq!(
+        got,
+        vec![("device/data/vehicle_01".to_string(), "own".to_string())]
+    );
+    assert!(
+        !spy.wait_until(Duration::from_millis(500), |m| !m.is_empty()),
+        "a device read other devices' data: {:?} (granted {:?})",
+        spy.messages(),
+        spy.granted()
+    );
 }
