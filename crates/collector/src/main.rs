@@ -7,6 +7,8 @@ mod ingest;
 mod stats;
 mod store;
 mod validate;
+#[cfg(test)]
+mod validate_props;
 
 use clap::Parser;
 use cli::{Cli, Command, RunArgs, StatsArgs};
