@@ -10,7 +10,12 @@ fn tls_and_password_broker_passes_a_message_from_mosquitto_pub() {
     let broker = Broker::start(BrokerConfig::new().tls(&pki).user("u", "p"));
     let sub = Subscriber::start_with(&broker, &["t/#"], &["-u", "u", "-P", "p"]);
     let status = Command::new("mosquitto_pub")
-        .args(["-h", "localhost", "-p", &broker.tls_port.unwrap().to_string()])
+        .args([
+            "-h",
+            "localhost",
+            "-p",
+            &broker.tls_port.unwrap().to_string(),
+        ])
         .arg("--cafile")
         .arg(&pki.ca_crt)
         .args(["-u", "u", "-P", "p", "-q", "1", "-t", "t/1", "-m", "hello"])
@@ -26,6 +31,9 @@ fn binaries_are_built_on_demand() {
     for name in ["collector", "device-sim"] {
         let out = Command::new(e2e::bin(name)).arg("--help").output().unwrap();
         assert!(out.status.success(), "{name} --help failed");
-        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"), "{name}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage"),
+            "{name}"
+        );
     }
 }
