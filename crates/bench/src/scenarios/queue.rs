@@ -16,16 +16,23 @@ pub fn run(ctx: &Ctx) -> Section {
         "queue",
         "device-sim offline queue: enqueue with the broker down, drain when it is up",
     );
-    guarded(&mut s, "queue", |s| one(ctx, s));
+    let total: u64 = if ctx.quick { 20_000 } else { 100_000 };
+    // 100 devices: few connections, each draining a long queue; 1,000 devices: generation
+    // (each device paced by --interval) outruns the queue's writer, and the drain is spread thin.
+    let fleets: &[u64] = if ctx.quick { &[100] } else { &[100, 1000] };
+    for &devices in fleets {
+        guarded(&mut s, &format!("queue, {devices} devices"), |s| {
+            one(ctx, s, total, devices)
+        });
+    }
+    s.note("enqueue time runs from process start (generation is bounded by --interval 1ms: at most 1,000 msg/s per device); drain time from the broker's start to an empty queue, including device-sim's reconnect delay (MQTT_RECONNECT_MAX_DELAY=0.5); drain goal >= 20,000 msg/s");
     s
 }
 
-fn one(ctx: &Ctx, s: &mut Section) -> Result<()> {
+fn one(ctx: &Ctx, s: &mut Section, total: u64, devices: u64) -> Result<()> {
     let sim = ctx.programs.device_sim.clone().map_err(|e| anyhow!(e))?;
-    let total: u64 = if ctx.quick { 20_000 } else { 100_000 };
-    let devices: u64 = 100;
     let per_device = total / devices;
-    let dir = ctx.subdir("queue");
+    let dir = ctx.subdir(&format!("queue-{devices}"));
     let (plain_port, tls_port) = (free_port()?, free_port()?);
     let ep = Endpoint {
         port: plain_port,
@@ -43,6 +50,8 @@ fn one(ctx: &Ctx, s: &mut Section) -> Result<()> {
         queue.display().to_string(),
         "--queue-limit".into(),
         (per_device * 2).to_string(),
+        "--connect-rate".into(),
+        "5000".into(),
     ];
     s.command(format!(
         "{} {} {}   # broker down",
@@ -119,10 +128,10 @@ fn one(ctx: &Ctx, s: &mut Section) -> Result<()> {
                 .set("sim cpu s", ended.cpu)
                 .set("sim max RSS MiB", ended.max_rss_kib as f64 / 1024.0),
         );
+        let rate = total as f64 / drain_s;
         s.note(format!(
-            "enqueue time runs from process start (generation is bounded by --interval 1ms: at most {} msg/s); drain time from the broker's start to an empty queue, including device-sim's reconnect delay (MQTT_RECONNECT_MAX_DELAY=0.5); drain goal >= 20,000 msg/s: {}",
-            devices * 1000,
-            if total as f64 / drain_s >= 20_000.0 { "met" } else { "MISSED" }
+            "{devices} devices: drain {rate:.0} msg/s (goal >= 20,000: {})",
+            if rate >= 20_000.0 { "met" } else { "MISSED" }
         ));
         Ok(())
     })();

@@ -41,7 +41,7 @@ pub fn run(ctx: &Ctx) -> Section {
         "drain of N queued QoS 1 messages from a persistent session",
     );
     let n = ctx.messages;
-    let rounds = if ctx.quick { 1 } else { 3 };
+    let rounds = if ctx.quick { 1 } else { 5 };
     let all = vec![Consumer::MosquittoSub, Consumer::Paho, Consumer::Collector];
     let mut variants = vec![
         Variant {
