@@ -4,10 +4,8 @@
 
 use e2e::{command, seqs, spawn, wait_until, Broker, BrokerConfig, ChildGuard, Subscriber};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 /// A working directory and queue file for device-sim runs against one broker.
@@ -89,95 +87,25 @@ fn want(
         .collect()
 }
 
-/// A `mosquitto_sub` with a persistent session (`-c -i ID`): when the broker is
-/// restarted from its persistence file, messages published before this subscriber
-/// is back are kept for it, so it sees everything device-sim delivered.
-struct DurableSubscriber {
-    received: Arc<Mutex<Vec<(String, String)>>>,
-    _child: ChildGuard,
+/// A subscriber with a persistent session (`-c -i ID`): when the broker restarts
+/// from its persistence file, messages published before the subscriber is back are
+/// kept for it, so it sees everything device-sim delivered.
+fn durable_subscriber(broker: &Broker, id: &str) -> Subscriber {
+    Subscriber::start_with(broker, &["device/data/+"], &["-c", "-i", id])
 }
 
-impl DurableSubscriber {
-    fn start(broker: &Broker, filter: &str, id: &str) -> DurableSubscriber {
-        let probe = format!("e2e/probe/{id}-{}", std::process::id());
-        let port = broker.plain_port.to_string();
-        let mut child = Command::new("mosquitto_sub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-q",
-                "1",
-                "-v",
-                "-c",
-                "-i",
-                id,
-            ])
-            .args(["-t", &probe, "-t", filter])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto_sub is installed (apt-get install mosquitto-clients)");
-        let stdout = child.stdout.take().unwrap();
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let r = received.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let (t, p) = line.split_once(' ').unwrap_or((line.as_str(), ""));
-                r.lock().unwrap().push((t.to_string(), p.to_string()));
-            }
-        });
-        let sub = DurableSubscriber {
-            received,
-            _child: ChildGuard { child: Some(child) },
-        };
-        // Ready when a probe comes back through the broker.
-        let ready = wait_until(Duration::from_secs(10), || {
-            let _ = Command::new("mosquitto_pub")
-                .args(["-h", "127.0.0.1", "-p", &port, "-t", &probe, "-m", "probe"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-            let got = wait_until(Duration::from_millis(300), || {
-                sub.received
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .any(|(t, _)| *t == probe)
-            });
-            got
-        });
-        assert!(ready, "mosquitto_sub did not become ready within 10 s");
-        sub.received.lock().unwrap().retain(|(t, _)| *t != probe);
-        sub
-    }
-
-    fn messages(&self) -> Vec<(String, String)> {
-        self.received
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(t, _)| !t.starts_with("e2e/probe/"))
-            .cloned()
-            .collect()
-    }
-
-    /// Waits until every wanted seq arrived; returns what arrived.
-    fn wait_for_all(
-        &self,
-        want: &BTreeMap<String, BTreeSet<u64>>,
-        timeout: Duration,
-    ) -> BTreeMap<String, BTreeSet<u64>> {
-        wait_until(timeout, || {
-            let got = seq_sets(&self.messages());
-            want.iter()
-                .all(|(d, s)| got.get(d).is_some_and(|g| g.is_superset(s)))
-        });
-        seq_sets(&self.messages())
-    }
+/// Waits until every wanted seq arrived; returns the seqs that arrived.
+fn wait_for_all(
+    sub: &Subscriber,
+    want: &BTreeMap<String, BTreeSet<u64>>,
+    timeout: Duration,
+) -> BTreeMap<String, BTreeSet<u64>> {
+    sub.wait_until(timeout, |msgs| {
+        let got = seq_sets(msgs);
+        want.iter()
+            .all(|(d, s)| got.get(d).is_some_and(|g| g.is_superset(s)))
+    });
+    seq_sets(&sub.messages())
 }
 
 /// Every copy of a (device, seq) must be the same message: a resend, never a new
@@ -254,7 +182,7 @@ fn device_sim_plain_3x5_with_legacy_topic_delivers_everything_and_empties_the_qu
 #[test]
 fn device_sim_broker_down_at_start_delivers_the_queue_when_it_comes_up() {
     let mut broker = Broker::start(BrokerConfig::new().persistence(true));
-    let sub = DurableSubscriber::start(&broker, "device/data/+", "e2e-down-at-start");
+    let sub = durable_subscriber(&broker, "e2e-down-at-start");
     // SIGTERM: Mosquitto saves the subscriber's session and goes away.
     broker.stop();
     let sim = Sim::new(&broker);
@@ -272,7 +200,7 @@ fn device_sim_broker_down_at_start_delivers_the_queue_when_it_comes_up() {
     broker.start_again();
     let out = wait_exit(&mut run, Duration::from_secs(20));
     let expect = want(3, |_| 1..=20);
-    assert_eq!(sub.wait_for_all(&expect, Duration::from_secs(10)), expect);
+    assert_eq!(wait_for_all(&sub, &expect, Duration::from_secs(10)), expect);
     assert_no_reuse(&sub.messages());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("retrying in"),
@@ -285,7 +213,7 @@ fn device_sim_broker_down_at_start_delivers_the_queue_when_it_comes_up() {
 #[test]
 fn device_sim_broker_killed_mid_run_loses_nothing() {
     let mut broker = Broker::start(BrokerConfig::new().persistence(true));
-    let sub = DurableSubscriber::start(&broker, "device/data/+", "e2e-broker-killed");
+    let sub = durable_subscriber(&broker, "e2e-broker-killed");
     // Make sure the subscriber's session is on disk before the broker is killed.
     broker.stop();
     broker.start_again();
@@ -301,7 +229,7 @@ fn device_sim_broker_killed_mid_run_loses_nothing() {
     broker.start_again();
     let out = wait_exit(&mut run, Duration::from_secs(20));
     let expect = want(3, |_| 1..=60);
-    assert_eq!(sub.wait_for_all(&expect, Duration::from_secs(10)), expect);
+    assert_eq!(wait_for_all(&sub, &expect, Duration::from_secs(10)), expect);
     assert_no_reuse(&sub.messages());
     assert!(
         killed_at < 180,
@@ -368,7 +296,7 @@ fn device_sim_killed_and_restarted_continues_numbering_without_gap_or_reuse() {
 #[test]
 fn device_sim_queue_limit_keeps_only_the_newest_messages() {
     let mut broker = Broker::start(BrokerConfig::new().persistence(true));
-    let sub = DurableSubscriber::start(&broker, "device/data/+", "e2e-queue-limit");
+    let sub = durable_subscriber(&broker, "e2e-queue-limit");
     broker.stop();
     let sim = Sim::new(&broker);
     let mut run = sim.spawn(&[
@@ -392,7 +320,7 @@ fn device_sim_queue_limit_keeps_only_the_newest_messages() {
     broker.start_again();
     let out = wait_exit(&mut run, Duration::from_secs(20));
     let expect = want(3, |_| 16..=20);
-    let got = sub.wait_for_all(&expect, Duration::from_secs(10));
+    let got = wait_for_all(&sub, &expect, Duration::from_secs(10));
     assert_eq!(got, expect, "only the newest 5 per device may arrive");
     let err = String::from_utf8_lossy(&out.stderr);
     for i in 1..=3 {
