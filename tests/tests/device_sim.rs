@@ -363,3 +363,25 @@ fn device_sim_sigterm_keeps_unacknowledged_messages_and_exits_0() {
     }
     assert_eq!(last.len(), 2);
 }
+
+#[test]
+fn device_sim_bad_arguments_exit_2_before_connecting() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &["--queue", "/nonexistent/dir/queue.db"][..],
+        &["--id-prefix", "bad/prefix"],
+        &["--interval", "soon"],
+        &["--count", "0"],
+    ] {
+        let mut cmd = command("device-sim", dir.path(), &[]);
+        cmd.args(["--messages", "1"]).args(args);
+        let out = e2e::run_with_timeout(&mut cmd, Duration::from_secs(10));
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(args[0]) || err.contains(args[1]),
+            "{args:?}: the message names neither the flag nor the value: {err}"
+        );
+        assert!(!err.contains("connected"), "{err}");
+    }
+}

@@ -110,7 +110,9 @@ pub async fn run(
         let (path, ids, failed) = (cfg.queue.clone(), ids.clone(), stop.clone());
         tokio::task::spawn_blocking(move || Queue::open(&path, ids, notice_txs, failed))
             .await
-            .map_err(|e| FleetError::Internal(format!("opening the queue: {e}")))??
+            .map_err(|e| FleetError::Internal(format!("opening the queue: {e}")))?
+            // A queue that cannot be opened is a bad --queue argument (exit code 2).
+            .map_err(|e| FleetError::Config(format!("{e}; check --queue")))?
     };
     let stats = Arc::new(Stats::default());
     stats.devices.store(ids.len() as u64, Relaxed);
