@@ -7,8 +7,6 @@ mod ingest;
 mod stats;
 mod store;
 mod validate;
-#[cfg(test)]
-mod validate_props;
 
 use clap::Parser;
 use cli::{Cli, Command, RunArgs, StatsArgs};
@@ -206,3 +204,6 @@ fn cancel_on_signals(cancel: CancellationToken) -> std::io::Result<()> {
     });
     Ok(())
 }
+
+#[cfg(test)]
+mod validate_props;
