@@ -207,6 +207,7 @@ fn broker_down_at_start_is_retried_with_growing_delays() {
     let mut sim = e2e::spawn(&mut cmd);
     // The scenario itself: the broker comes back three seconds after the devices start.
     std::thread::sleep(Duration::from_secs(3));
+    let up = mqtt_core::message::unix_now();
     broker.start_again();
     let out = sim.wait_output(Duration::from_secs(30)).unwrap();
     let err = stderr(&out);
@@ -237,6 +238,11 @@ fn broker_down_at_start_is_retried_with_growing_delays() {
     let mut got = seqs(&msgs);
     got.values_mut().for_each(|v| v.dedup());
     assert_eq!(got, want);
+    // Readings queued during the outage carry the time of their publish, not of their making.
+    for (_, payload) in &msgs {
+        let v: serde_json::Value = serde_json::from_str(payload).unwrap();
+        assert!(v["timestamp"].as_f64().unwrap() >= up, "{payload} published before {up}");
+    }
 }
 
 #[test]

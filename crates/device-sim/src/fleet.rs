@@ -14,7 +14,9 @@ use crate::queue::{DeviceStart, Notice, Queue, QueueError, QueueHandle};
 use crate::status::{self, Snapshot, Stats};
 use crate::vehicle::Vehicle;
 use mqtt_core::connection::ConnectionOptions;
-use mqtt_core::message::{data_topic, legacy_topic, unix_now, validate_device_id};
+use mqtt_core::message::{
+    data_topic, legacy_topic, unix_now, validate_device_id, with_publish_time,
+};
 use mqtt_core::{spawn_connection, ConnectionEvent, PermanentFailure, Settings};
 use rumqttc::QoS;
 use std::path::PathBuf;
@@ -448,8 +450,12 @@ impl Device {
             } else {
                 &self.data_topic
             };
+            // The contract's timestamp is the time of the publish, also for a message
+            // that waited in the queue through an outage (and for each resend).
+            let payload =
+                with_publish_time(&payload, unix_now()).unwrap_or_else(|| payload.to_vec());
             if client
-                .try_publish(t.as_str(), ctx.qos, false, payload.to_vec())
+                .try_publish(t.as_str(), ctx.qos, false, payload)
                 .is_err()
             {
                 // The request channel is full; the next event will try again.

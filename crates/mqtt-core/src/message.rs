@@ -104,6 +104,25 @@ impl Telemetry {
     }
 }
 
+/// The same payload with its top-level `"timestamp"` set to `ts`, for a message that
+/// waited in a queue: the contract's timestamp is the time of the publish. Works on
+/// the compact JSON that [`Telemetry::to_json`] writes; `None` if there is no such field.
+pub fn with_publish_time(payload: &[u8], ts: f64) -> Option<Vec<u8>> {
+    const KEY: &[u8] = b"\"timestamp\":";
+    let start = payload.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let len = payload[start..]
+        .iter()
+        .position(|b| !(b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E')))?;
+    if len == 0 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(payload.len() + 8);
+    out.extend_from_slice(&payload[..start]);
+    out.extend_from_slice(serde_json::to_string(&ts).ok()?.as_bytes());
+    out.extend_from_slice(&payload[start + len..]);
+    Some(out)
+}
+
 /// Unix time now, in seconds with sub-second precision.
 pub fn unix_now() -> f64 {
     std::time::SystemTime::now()
@@ -189,6 +208,12 @@ mod tests {
             assert!(v.get(field).is_some(), "{field}");
         }
         assert_eq!(data_topic("v1"), "device/data/v1");
+        let restamped = with_publish_time(&t.to_json(), 1700000000.25).unwrap();
+        let mut want = t.clone();
+        want.timestamp = 1700000000.25;
+        let got: Telemetry = serde_json::from_slice(&restamped).unwrap();
+        assert_eq!(got, want);
+        assert_eq!(with_publish_time(b"{\"speed\":1}", 2.0), None);
         assert_eq!(legacy_topic("v1"), "vehicle/speed/v1");
     }
 }
