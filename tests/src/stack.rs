@@ -119,6 +119,24 @@ impl Stack {
         (out, rows)
     }
 
+    /// The highest seq the simulator has given each device (from its queue file).
+    pub fn last_seqs(&self) -> BTreeMap<String, u64> {
+        let Ok(conn) = rusqlite::Connection::open_with_flags(
+            &self.queue,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        ) else {
+            return BTreeMap::new();
+        };
+        let Ok(mut stmt) = conn.prepare("SELECT device_id, last_seq FROM device_seq") else {
+            return BTreeMap::new();
+        };
+        stmt.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+        })
+        .map(|rows| rows.flatten().collect())
+        .unwrap_or_default()
+    }
+
     /// Waits until the collector has stored `n` distinct (device, seq) pairs.
     pub fn wait_stored(&self, n: usize, timeout: Duration) -> bool {
         wait_until(timeout, || {
