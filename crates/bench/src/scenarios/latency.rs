@@ -46,6 +46,9 @@ pub struct SimRun {
     pub all_p99_max: [f64; 2],
     /// CPU percent of one core: device-sim, collector, broker.
     pub cpu: [f64; 3],
+    /// From the collector's status lines: the median and the worst of the
+    /// per-interval publish-to-commit p99, ms.
+    pub commit_p99: Option<[f64; 2]>,
     /// device-sim peak RSS, KiB.
     pub sim_rss_kib: u64,
     /// Broker-side TCP payload bytes per message over the steady window (both hops), and with IP headers.
@@ -77,12 +80,15 @@ pub fn sim_into_collector(
     let db = dir.join("collector.db");
     let env = ep.env(Some(id));
     let mut cmd = our_command(&collector, dir, &env);
-    cmd.arg("--db")
+    // Its status lines carry publish-to-commit percentiles per interval.
+    cmd.env("RUST_LOG", "info")
+        .arg("--db")
         .arg(&db)
+        .args(["--status-interval", "2s"])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("collector.log"))?);
     commands.push(format!(
-        "{} {} --db {}",
+        "RUST_LOG=info {} {} --db {} --status-interval 2s",
         ep.env_words(Some(id)),
         collector.display(),
         db.display()
@@ -188,6 +194,7 @@ pub fn sim_into_collector(
             achieved: lat.achieved,
             steady: lat.steady,
             all_p99_max: lat.all_p99_max,
+            commit_p99: None,
             cpu,
             sim_rss_kib: ended.max_rss_kib,
             wire_per_msg: wire,
@@ -195,7 +202,26 @@ pub fn sim_into_collector(
         })
     })();
     let _ = procstat::terminate(&coll, Duration::from_secs(10));
-    result
+    let log = std::fs::read_to_string(dir.join("collector.log")).unwrap_or_default();
+    result.map(|mut r| {
+        r.commit_p99 = commit_p99(&log);
+        r
+    })
+}
+
+/// The per-interval publish-to-commit p99 the collector logs ("... p99 8.1 ms ..."):
+/// their median and worst, over intervals that stored something.
+fn commit_p99(log: &str) -> Option<[f64; 2]> {
+    let mut p99: Vec<f64> = log
+        .lines()
+        .filter_map(|l| l.split("publish-to-commit").nth(1))
+        .filter_map(|rest| rest.split("p99 ").nth(1)?.split(' ').next()?.parse().ok())
+        .collect();
+    if p99.is_empty() {
+        return None;
+    }
+    p99.sort_by(f64::total_cmp);
+    Some([p99[p99.len() / 2], p99[p99.len() - 1]])
 }
 
 struct Latencies {
@@ -274,6 +300,8 @@ pub fn row(label: String, load: &SimLoad, r: &SimRun) -> Row {
         .set("p99 ms", r.steady[2])
         .set("max ms", r.steady[3])
         .set("p99 all ms", r.all_p99_max[0])
+        .set_opt("commit p99 med ms", r.commit_p99.map(|c| c[0]))
+        .set_opt("commit p99 worst ms", r.commit_p99.map(|c| c[1]))
         .set("cpu% sim", r.cpu[0])
         .set("cpu% coll", r.cpu[1])
         .set("cpu% broker", r.cpu[2])
@@ -288,7 +316,7 @@ pub fn run(ctx: &Ctx) -> Section {
         "latency",
         "device-sim -> broker -> collector, publish timestamp to collector receive_ts",
     );
-    s.note("percentiles over messages published after the first second (connect ramp excluded); 'p99 all' includes it; cpu% is percent of one core");
+    s.note("p50..max: receive_ts - publish_ts from the collector's database, over messages published after the first second (connect ramp excluded); 'p99 all' includes it; 'commit p99': publish-to-commit p99 of each 2 s status interval the collector logs, median and worst interval; cpu% is percent of one core");
     guarded(&mut s, "latency", |s| {
         let dir = ctx.subdir("latency");
         let broker = Broker::start(&dir.join("broker"), &ctx.pki, ctx.limits)?;
@@ -302,10 +330,15 @@ pub fn run(ctx: &Ctx) -> Section {
                         s.command(c.clone());
                     }
                     if load.rate() == 1000.0 {
+                        // The goal is publish-to-commit; the collector logs that per interval.
+                        let judged = r.commit_p99.map(|c| c[1]).unwrap_or(r.steady[2]);
                         s.note(format!(
-                            "p99 at 1,000 msg/s = {:.1} ms (goal < 20 ms: {})",
+                            "p99 at 1,000 msg/s: {:.1} ms to receive_ts, {} to commit (goal < 20 ms: {})",
                             r.steady[2],
-                            if r.steady[2] < 20.0 { "met" } else { "MISSED" }
+                            r.commit_p99
+                                .map(|c| format!("{:.1} ms (median 2 s interval), {:.1} ms (worst)", c[0], c[1]))
+                                .unwrap_or_else(|| "not logged".into()),
+                            if judged < 20.0 { "met" } else { "MISSED" }
                         ));
                     }
                     s.row(row(label, &load, &r));
@@ -316,4 +349,20 @@ pub fn run(ctx: &Ctx) -> Section {
         Ok(())
     });
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_commit_percentiles_from_status_lines() {
+        let log = "2026-11-26T12:00:00Z INFO collector::ingest: stored 10 (5.0 msg/s), 2 batches (avg 5.0, max 6), 0 duplicates, 0 rejected, publish-to-commit p50 1.2 ms, p99 8.5 ms, max 9.0 ms\n\
+                   other line\n\
+                   INFO stored 0 (0.0 msg/s), 0 batches, no latency sample\n\
+                   INFO stored 9, publish-to-commit p50 1.0 ms, p99 3.0 ms, max 4.0 ms\n\
+                   INFO stored 9, publish-to-commit p50 1.0 ms, p99 5.0 ms, max 6.0 ms\n";
+        assert_eq!(commit_p99(log), Some([5.0, 8.5]));
+        assert_eq!(commit_p99("nothing"), None);
+    }
 }
