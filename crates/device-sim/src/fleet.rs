@@ -453,7 +453,7 @@ impl Device {
             // The contract's timestamp is the time of the publish, also for a message
             // that waited in the queue through an outage (and for each resend).
             let payload =
-                with_publish_time(&payload, unix_now()).unwrap_or_else(|| payload.to_vec());
+                with_publish_time(payload, unix_now()).unwrap_or_else(|| payload.to_vec());
             if client
                 .try_publish(t.as_str(), ctx.qos, false, payload)
                 .is_err()
