@@ -5,6 +5,7 @@
 
 pub mod bins;
 pub mod broker;
+pub mod fake_broker;
 pub mod pki;
 pub mod process;
 pub mod stack;

@@ -226,3 +226,62 @@ fn broker_killed_loses_only_what_stats_reports_as_gaps() {
         stderr(&out)
     );
 }
+
+#[test]
+fn fake_broker_acks_out_of_order_then_drops_and_no_unacknowledged_message_is_deleted() {
+    // A FAKE broker (tests/src/fake_broker.rs): Mosquitto acknowledges in order, so it
+    // cannot make rumqttc hold a publish back on a packet-id collision and then drop.
+    let fake = e2e::fake_broker::FakeBroker::out_of_order_then_drop();
+    let dir = tempfile::tempdir().unwrap();
+    let queue = dir.path().join("q.db");
+    let env: Vec<(String, String)> = [
+        ("MQTT_BROKER_HOST", "127.0.0.1".to_string()),
+        ("MQTT_BROKER_PORT", fake.port.to_string()),
+        ("MQTT_RECONNECT_MIN_DELAY", "0.3".to_string()),
+        ("MQTT_RECONNECT_MAX_DELAY", "0.3".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let mut cmd = e2e::command("device-sim", dir.path(), &env);
+    cmd.arg("--queue")
+        .arg(&queue)
+        .args(["--count", "1", "--interval", "20ms"]);
+    let mut sim = e2e::spawn(&mut cmd);
+    assert!(
+        wait_until(Duration::from_secs(20), || fake.later_publishes() >= 5),
+        "the simulator never published on a second connection"
+    );
+    sim.signal(libc::SIGINT);
+    let out = sim.wait_output(Duration::from_secs(20)).unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let conn = rusqlite::Connection::open(&queue).unwrap();
+    let last: i64 = conn
+        .query_row("SELECT last_seq FROM device_seq", [], |r| r.get(0))
+        .unwrap();
+    let queued: BTreeSet<u64> = conn
+        .prepare("SELECT seq FROM outbox")
+        .unwrap()
+        .query_map([], |r| r.get::<_, i64>(0))
+        .unwrap()
+        .map(|s| s.unwrap() as u64)
+        .collect();
+    let acked = fake.acked();
+    let lost: Vec<u64> = (1..=last as u64)
+        .filter(|s| !acked.contains(s) && !queued.contains(s))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "deleted without a PUBACK: {lost:?}; acked {acked:?}; log: {err}"
+    );
+    let kept_acked: Vec<_> = queued.intersection(&acked).collect();
+    assert!(
+        kept_acked.is_empty(),
+        "acknowledged but still queued: {kept_acked:?}"
+    );
+    assert!(
+        !err.contains("no requested publish"),
+        "packet ids were mis-paired: {err}"
+    );
+}

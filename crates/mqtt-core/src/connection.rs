@@ -161,7 +161,8 @@ impl Driver {
         // the filters of an earlier configuration.
         let mut subscribed = false;
         loop {
-            let polled = if el.network.is_none() {
+            let connecting = el.network.is_none();
+            let polled = if connecting {
                 // Nothing half-read can be lost while connecting, so cancellation may interrupt it.
                 tokio::select! {
                     r = el.poll() => r,
@@ -170,74 +171,91 @@ impl Driver {
             } else {
                 el.poll().await
             };
-            let event = match polled {
-                Ok(event) => event,
-                Err(e) => match classify(&e, &self.ctx) {
-                    Failure::Permanent(cause) => {
-                        let failure = PermanentFailure {
-                            broker: self.ctx.broker.clone(),
-                            cause,
-                        };
-                        tracing::error!(client_id = %self.client_id, "{failure}");
-                        let _ = self.tx.send(ConnectionEvent::Failed(failure));
+            match polled {
+                Ok(event) => {
+                    if !self.handle(event, &mut subscribed) {
                         return;
                     }
-                    Failure::Transient(reason) => {
-                        if self.cancel.is_cancelled() {
+                }
+                Err(e) => {
+                    // rumqttc may still hold events it read before the failure (a PUBACK,
+                    // a publish, the packet id of a held-back publish). They belong to the
+                    // old connection, so the owner must see them before `Disconnected`,
+                    // never after the next `Connected`.
+                    while let Some(event) = el.state.events.pop_front() {
+                        if !self.handle(event, &mut subscribed) {
                             return;
                         }
-                        if !self.pause(el, reason).await {
+                    }
+                    match classify(&e, &self.ctx, connecting) {
+                        Failure::Permanent(cause) => {
+                            let failure = PermanentFailure {
+                                broker: self.ctx.broker.clone(),
+                                cause,
+                            };
+                            // The owner reports it; here it is only traced.
+                            debug!(client_id = %self.client_id, "{failure}");
+                            let _ = self.tx.send(ConnectionEvent::Failed(failure));
                             return;
                         }
-                        continue;
-                    }
-                },
-            };
-            match event {
-                Event::Incoming(Incoming::ConnAck(ack)) => {
-                    self.backoff.reset();
-                    info!(client_id = %self.client_id, broker = %self.ctx.broker, session_present = ack.session_present, "connected");
-                    if !self.subscriptions.is_empty() && (!ack.session_present || !subscribed) {
-                        if let Err(e) = self.client.try_subscribe_many(self.subscriptions.clone()) {
-                            warn!(client_id = %self.client_id, "cannot queue the subscription: {e}");
+                        Failure::Transient(reason) => {
+                            if self.cancel.is_cancelled() || !self.pause(el, reason).await {
+                                return;
+                            }
                         }
-                        subscribed = true;
                     }
-                    let _ = self.tx.send(ConnectionEvent::Connected {
-                        session_present: ack.session_present,
-                    });
                 }
-                Event::Incoming(Incoming::Publish(p)) => {
-                    let _ = self.tx.send(ConnectionEvent::Message(p));
-                }
-                Event::Incoming(Incoming::PubAck(a)) => {
-                    let _ = self.tx.send(ConnectionEvent::Acked(a.pkid));
-                }
-                Event::Incoming(Incoming::PubComp(c)) => {
-                    let _ = self.tx.send(ConnectionEvent::Acked(c.pkid));
-                }
-                Event::Incoming(Incoming::SubAck(s))
-                    if s.return_codes
-                        .iter()
-                        .any(|c| matches!(c, SubscribeReasonCode::Failure)) =>
-                {
-                    warn!(
-                        client_id = %self.client_id,
-                        "the broker refused a subscription ({:?}): check the ACL for this user",
-                        self.subscriptions.iter().map(|f| &f.path).collect::<Vec<_>>()
-                    );
-                }
-                Event::Outgoing(Outgoing::Publish(pkid)) => {
-                    let pkid = if self.qos == QoS::AtMostOnce { 0 } else { pkid };
-                    let _ = self.tx.send(ConnectionEvent::Sent(pkid));
-                }
-                Event::Outgoing(Outgoing::Disconnect) => {
-                    debug!(client_id = %self.client_id, "disconnect sent");
-                    return;
-                }
-                _ => {}
             }
         }
+    }
+
+    /// Passes one event on to the owner; false once the connection is finished.
+    fn handle(&mut self, event: Event, subscribed: &mut bool) -> bool {
+        match event {
+            Event::Incoming(Incoming::ConnAck(ack)) => {
+                self.backoff.reset();
+                info!(client_id = %self.client_id, broker = %self.ctx.broker, session_present = ack.session_present, "connected");
+                if !self.subscriptions.is_empty() && (!ack.session_present || !*subscribed) {
+                    if let Err(e) = self.client.try_subscribe_many(self.subscriptions.clone()) {
+                        warn!(client_id = %self.client_id, "cannot queue the subscription: {e}");
+                    }
+                    *subscribed = true;
+                }
+                let _ = self.tx.send(ConnectionEvent::Connected {
+                    session_present: ack.session_present,
+                });
+            }
+            Event::Incoming(Incoming::Publish(p)) => {
+                let _ = self.tx.send(ConnectionEvent::Message(p));
+            }
+            Event::Incoming(Incoming::PubAck(a)) => {
+                let _ = self.tx.send(ConnectionEvent::Acked(a.pkid));
+            }
+            Event::Incoming(Incoming::PubComp(c)) => {
+                let _ = self.tx.send(ConnectionEvent::Acked(c.pkid));
+            }
+            Event::Incoming(Incoming::SubAck(s))
+                if s.return_codes
+                    .iter()
+                    .any(|c| matches!(c, SubscribeReasonCode::Failure)) =>
+            {
+                warn!(
+                    client_id = %self.client_id,
+                    "the broker refused a subscription ({:?}): check the ACL for this user",
+                    self.subscriptions.iter().map(|f| &f.path).collect::<Vec<_>>()
+                );
+            }
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                let pkid = if self.qos == QoS::AtMostOnce { 0 } else { pkid };
+                let _ = self.tx.send(ConnectionEvent::Sent(pkid));
+            }
+            Event::Outgoing(Outgoing::Disconnect) => {
+                debug!(client_id = %self.client_id, "disconnect sent");
+                return false;
+            }
+            _ => {}
+        }
+        true
     }
 
     /// After a transient failure: let the owner stop publishing, make rumqttc
@@ -256,6 +274,7 @@ impl Driver {
         // collision left over from the old session would otherwise hang the new one.
         el.clean();
         el.pending.clear();
+        el.state.events.clear();
         el.state.collision = None;
         let delay = self.backoff.next_delay();
         warn!(
@@ -310,7 +329,7 @@ enum Failure {
     Permanent(String),
 }
 
-fn classify(e: &ConnectionError, ctx: &FailureContext) -> Failure {
+fn classify(e: &ConnectionError, ctx: &FailureContext, connecting: bool) -> Failure {
     use Failure::*;
     match e {
         ConnectionError::ConnectionRefused(code) => match code {
@@ -344,7 +363,7 @@ fn classify(e: &ConnectionError, ctx: &FailureContext) -> Failure {
                 "the broker closed the connection during the TLS handshake; if this repeats, check that port {} is a TLS listener (8883 usually is, 1883 is plain MQTT)",
                 ctx.port
             )),
-            None => Transient(plain_reason(e)),
+            None => Transient(plain_reason(e, ctx, connecting)),
         },
     }
 }
@@ -454,23 +473,37 @@ fn plain_name(presented: &str) -> &str {
     }
 }
 
-fn plain_reason(e: &ConnectionError) -> String {
+fn plain_reason(e: &ConnectionError, ctx: &FailureContext, connecting: bool) -> String {
+    use rumqttc::StateError;
     use std::io::ErrorKind::*;
     let io = match e {
-        ConnectionError::Io(io) => Some(io),
-        ConnectionError::MqttState(rumqttc::StateError::Io(io)) => Some(io),
-        ConnectionError::Tls(rumqttc::TlsError::Io(io)) => Some(io),
+        ConnectionError::Io(io)
+        | ConnectionError::MqttState(StateError::Io(io))
+        | ConnectionError::MqttState(StateError::Deserialization(rumqttc::mqttbytes::Error::Io(
+            io,
+        )))
+        | ConnectionError::Tls(rumqttc::TlsError::Io(io)) => Some(io.kind()),
+        ConnectionError::MqttState(StateError::ConnectionAborted) => Some(UnexpectedEof),
         _ => None,
     };
-    match (e, io.map(|io| io.kind())) {
+    match (e, io) {
         (_, Some(ConnectionRefused)) => {
             "connection refused (is the broker running and listening on this port?)".into()
+        }
+        // A TLS listener hangs up on a plain CONNECT before any CONNACK.
+        (_, Some(ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof))
+            if connecting && !ctx.tls =>
+        {
+            format!(
+                "the broker closed the connection before answering CONNECT; if this repeats, port {} may be a TLS listener: set MQTT_USE_TLS=true",
+                ctx.port
+            )
         }
         (_, Some(ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof)) => {
             "the broker closed the connection".into()
         }
         (_, Some(TimedOut)) | (ConnectionError::NetworkTimeout, _) => "timed out".into(),
-        (ConnectionError::MqttState(rumqttc::StateError::AwaitPingResp), _) => {
+        (ConnectionError::MqttState(StateError::AwaitPingResp), _) => {
             "no answer to keepalive ping: the connection is dead".into()
         }
         _ => e.to_string(),
@@ -508,6 +541,7 @@ mod tests {
         let Failure::Permanent(m) = classify(
             &ConnectionError::ConnectionRefused(ConnectReturnCode::BadUserNamePassword),
             &ctx(false),
+            false,
         ) else {
             panic!()
         };
@@ -515,6 +549,7 @@ mod tests {
         let Failure::Permanent(m) = classify(
             &ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized),
             &ctx(false),
+            false,
         ) else {
             panic!()
         };
@@ -522,7 +557,8 @@ mod tests {
         assert!(matches!(
             classify(
                 &ConnectionError::ConnectionRefused(ConnectReturnCode::ServiceUnavailable),
-                &ctx(false)
+                &ctx(false),
+                false
             ),
             Failure::Transient(_)
         ));
@@ -532,12 +568,37 @@ mod tests {
     fn network_errors_are_transient() {
         let e = ConnectionError::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
         assert!(
-            matches!(classify(&e, &ctx(false)), Failure::Transient(m) if m.contains("refused"))
+            matches!(classify(&e, &ctx(false), false), Failure::Transient(m) if m.contains("refused"))
         );
         assert!(matches!(
-            classify(&ConnectionError::NetworkTimeout, &ctx(false)),
+            classify(&ConnectionError::NetworkTimeout, &ctx(false), false),
             Failure::Transient(_)
         ));
+    }
+
+    #[test]
+    fn closed_connections_say_what_to_check() {
+        let reset = || {
+            ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+                rumqttc::mqttbytes::Error::Io(std::io::Error::from(
+                    std::io::ErrorKind::ConnectionReset,
+                )),
+            ))
+        };
+        let mut plain = ctx(false);
+        plain.tls = false;
+        let Failure::Transient(m) = classify(&reset(), &plain, false) else {
+            panic!()
+        };
+        assert_eq!(m, "the broker closed the connection");
+        let Failure::Transient(m) = classify(&reset(), &plain, true) else {
+            panic!()
+        };
+        assert!(m.contains("MQTT_USE_TLS=true"), "{m}");
+        let aborted = ConnectionError::MqttState(rumqttc::StateError::ConnectionAborted);
+        assert!(
+            matches!(classify(&aborted, &plain, false), Failure::Transient(m) if m == "the broker closed the connection")
+        );
     }
 
     #[test]
@@ -554,7 +615,7 @@ mod tests {
                 .to_owned(),
             presented: vec!["localhost".into(), "127.0.0.1".into()],
         });
-        let Failure::Permanent(m) = classify(&wrap(name), &ctx(false)) else {
+        let Failure::Permanent(m) = classify(&wrap(name), &ctx(false), false) else {
             panic!()
         };
         assert_eq!(m, "TLS: the broker's certificate is not valid for \"mqtt.example.com\" (it names localhost, 127.0.0.1); set MQTT_BROKER_HOST to one of those or, in development only, MQTT_TLS_INSECURE=true");
@@ -563,6 +624,7 @@ mod tests {
                 CertificateError::UnknownIssuer,
             )),
             &ctx(false),
+            false,
         ) else {
             panic!()
         };
@@ -572,6 +634,7 @@ mod tests {
                 AlertDescription::CertificateRequired,
             )),
             &ctx(false),
+            false,
         ) else {
             panic!()
         };
@@ -579,6 +642,7 @@ mod tests {
         let Failure::Permanent(m) = classify(
             &wrap(rustls::Error::AlertReceived(AlertDescription::UnknownCA)),
             &ctx(true),
+            false,
         ) else {
             panic!()
         };
