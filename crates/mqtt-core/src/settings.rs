@@ -343,7 +343,18 @@ impl Settings {
         let qos = match env.parse::<u8>("MQTT_QOS", "0, 1 or 2")? {
             None | Some(1) => QoS::AtLeastOnce,
             Some(0) => QoS::AtMostOnce,
-            Some(2) => QoS::ExactlyOnce,
+            Some(2) => {
+                // rumqttc forgets half-done QoS 2 handshakes at a reconnect (a resumed
+                // PUBREL then breaks the connection again and again), and a resent
+                // publish may reuse a packet id the broker still holds as incomplete.
+                // QoS 1 with the collector's (device_id, seq) check stores each reading once.
+                tracing::warn!(
+                    "MQTT_QOS=2 is used as QoS 1: exactly-once handshakes do not survive a reconnect \
+                     in this client; readings are still stored once, since the collector drops \
+                     repeated (device_id, seq) pairs"
+                );
+                QoS::AtLeastOnce
+            }
             Some(other) => {
                 return Err(SettingsError::Invalid {
                     var: "MQTT_QOS",
@@ -541,6 +552,15 @@ mod tests {
             err.contains("MQTT_USE_TLS") && err.contains("maybe"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn qos_2_is_used_as_qos_1() {
+        assert_eq!(
+            settings(&[("MQTT_QOS", "2")]).unwrap().qos,
+            QoS::AtLeastOnce
+        );
+        assert_eq!(settings(&[("MQTT_QOS", "0")]).unwrap().qos, QoS::AtMostOnce);
     }
 
     #[test]
