@@ -223,39 +223,60 @@ pub async fn connect_times(ep: &Endpoint, count: usize) -> Result<Vec<f64>> {
     Ok(times)
 }
 
-/// Follows `$SYS/broker/clients/connected` (updated every `sys_interval`).
+/// Follows `$SYS/broker/clients/connected` and `$SYS/broker/publish/messages/received`
+/// (both updated every `sys_interval`).
 pub struct ConnectedWatcher {
     rx: tokio::sync::watch::Receiver<u64>,
+    received: std::sync::Arc<std::sync::Mutex<(u64, Instant)>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl ConnectedWatcher {
     /// Subscribes through `ep` (this watcher is itself one connected client).
     pub async fn start(ep: &Endpoint) -> Result<ConnectedWatcher> {
+        const CONNECTED: &str = "$SYS/broker/clients/connected";
+        const RECEIVED: &str = "$SYS/broker/publish/messages/received";
         let (client, mut el) = connect(ep, "bench-sys-watcher", true, 10).await?;
-        client
-            .subscribe("$SYS/broker/clients/connected", QoS::AtMostOnce)
-            .await?;
+        client.subscribe(CONNECTED, QoS::AtMostOnce).await?;
+        client.subscribe(RECEIVED, QoS::AtMostOnce).await?;
         let (tx, rx) = tokio::sync::watch::channel(0);
+        let received = std::sync::Arc::new(std::sync::Mutex::new((0, Instant::now())));
+        let count = received.clone();
         let task = tokio::spawn(async move {
             let _client = client;
             while let Ok(ev) = el.poll().await {
                 if let Event::Incoming(Incoming::Publish(p)) = ev {
-                    if let Some(v) = std::str::from_utf8(&p.payload)
+                    let Some(v) = std::str::from_utf8(&p.payload)
                         .ok()
                         .and_then(|s| s.trim().parse().ok())
-                    {
+                    else {
+                        continue;
+                    };
+                    if p.topic == CONNECTED {
                         let _ = tx.send(v);
+                    } else if p.topic == RECEIVED {
+                        if let Ok(mut c) = count.lock() {
+                            *c = (v, Instant::now());
+                        }
                     }
                 }
             }
         });
-        Ok(ConnectedWatcher { rx, task })
+        Ok(ConnectedWatcher { rx, received, task })
     }
 
     /// The latest count the broker reported.
     pub fn connected(&self) -> u64 {
         *self.rx.borrow()
+    }
+
+    /// PUBLISH packets the broker has received since it started, as last reported,
+    /// and when that report arrived.
+    pub fn messages_received(&self) -> (u64, Instant) {
+        self.received
+            .lock()
+            .map(|c| *c)
+            .unwrap_or((0, Instant::now()))
     }
 
     /// Waits for the next report, at most `timeout`.

@@ -109,11 +109,21 @@ fn one(
             }
         }
         let window = Duration::from_secs(if ctx.quick { 5 } else { 10 });
+        // Align the window on the broker's once-a-second $SYS reports, so its count of
+        // received PUBLISH packets spans the same seconds as the CPU samples.
+        ctx.rt
+            .block_on(watcher.changed(Duration::from_millis(1500)));
+        let m0 = watcher.messages_received();
         let sim0 = Sample::take(child.id());
         let b0 = Sample::take(broker_pid);
         std::thread::sleep(window);
+        ctx.rt
+            .block_on(watcher.changed(Duration::from_millis(1500)));
+        let m1 = watcher.messages_received();
         let sim1 = Sample::take(child.id());
         let b1 = Sample::take(broker_pid);
+        let published =
+            m1.0.saturating_sub(m0.0) as f64 / m1.1.duration_since(m0.1).as_secs_f64().max(1e-3);
         let rss = procstat::rss_kib(child.id()).unwrap_or(0);
         let broker_rss = procstat::rss_kib(broker_pid).unwrap_or(0);
         let still = watcher.connected().saturating_sub(base);
@@ -130,6 +140,7 @@ fn one(
                     connected_at.map(|d| d.as_secs_f64()).unwrap_or(f64::NAN),
                 )
                 .set("connected after window", still)
+                .set("broker received msg/s", published)
                 .set("sim RSS MiB", rss as f64 / 1024.0)
                 .set("KiB/device", per_device)
                 .set("cpu% sim", pct(sim0, sim1))
