@@ -415,6 +415,14 @@ fn bad_arguments_exit_2_and_stats_of_a_missing_database_is_an_error() {
     );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("a/#/b"), "{}", stderr(&out));
+    // A database path that cannot be used (a directory) is a bad argument too.
+    std::fs::create_dir(dir.path().join("adir.db")).unwrap();
+    let out = run_with_timeout(
+        command("collector", dir.path(), &[]).args(["--db", "adir.db"]),
+        Duration::from_secs(20),
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("adir.db"), "{}", stderr(&out));
     let out = run_with_timeout(
         command("collector", dir.path(), &[]).args(["stats", "--db", "missing.db"]),
         Duration::from_secs(20),

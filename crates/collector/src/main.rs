@@ -130,9 +130,10 @@ fn run_command(args: RunArgs) -> i32 {
     };
     let sqlite = match store::SqliteStore::open(&db, sync) {
         Ok(s) => s,
+        // An unusable --db is a bad argument (contract section 6), as device-sim's --queue is.
         Err(e) => {
             error!("{e}");
-            return exit::FAILURE;
+            return exit::CONFIG;
         }
     };
     info!(db = %db.display(), sync = ?sync, "database open");

@@ -225,10 +225,35 @@ impl SqliteStore {
                             t.receive_ts,
                             t.payload
                         ])?;
-                        if n == 0 {
+                        if n > 0 {
+                            out.stored += 1;
+                            continue;
+                        }
+                        let stored: Option<String> = tx
+                            .prepare_cached(
+                                "SELECT payload FROM telemetry WHERE device_id = ?1 AND seq = ?2",
+                            )?
+                            .query_row(params![t.device_id, t.seq], |r| r.get(0))
+                            .optional()?;
+                        if stored.is_none_or(|p| same_reading(&p, &t.payload)) {
                             out.duplicates += 1;
                         } else {
-                            out.stored += 1;
+                            // Not a resend but another reading under a number already used:
+                            // the device's numbering restarted (a new queue file, a reflashed
+                            // device). Keep it where a person will see it.
+                            let reason = format!(
+                                "seq {} of device {:?} is already stored with a different reading (did the device's numbering restart?)",
+                                t.seq.unwrap_or_default(),
+                                t.device_id
+                            );
+                            tracing::warn!("{reason}");
+                            reject.execute(params![
+                                t.topic,
+                                t.receive_ts,
+                                reason,
+                                t.payload.as_bytes()
+                            ])?;
+                            out.rejected += 1;
                         }
                     }
                     Record::Rejected(r) => {
@@ -247,6 +272,25 @@ impl SqliteStore {
         tx.commit()?;
         Ok(out)
     }
+}
+
+/// Whether two payloads are the same reading: equal but for the `timestamp`, which
+/// is the time of each publish and so differs between a message and its resend.
+fn same_reading(a: &str, b: &str) -> bool {
+    if a == b {
+        return true;
+    }
+    let strip = |s: &str| {
+        serde_json::from_str::<serde_json::Value>(s)
+            .ok()
+            .map(|mut v| {
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("timestamp");
+                }
+                v
+            })
+    };
+    matches!((strip(a), strip(b)), (Some(x), Some(y)) if x == y)
 }
 
 impl Store for SqliteStore {
@@ -447,6 +491,42 @@ mod tests {
             .query_row("SELECT payload FROM rejected", [], |r| r.get(0))
             .unwrap();
         assert_eq!(blob, b"\xff");
+    }
+
+    #[test]
+    fn a_reused_seq_with_another_reading_is_kept_in_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(&dir.path().join("c.db"), SyncMode::Normal).unwrap();
+        let reading = |speed: f64, ts: f64| {
+            Record::Telemetry(TelemetryRow {
+                device_id: "v1".into(),
+                seq: Some(7),
+                topic: "device/data/v1".into(),
+                publish_ts: Some(ts),
+                receive_ts: ts + 0.1,
+                payload: format!(
+                    r#"{{"device_id":"v1","seq":7,"timestamp":{ts},"speed":{speed}}}"#
+                ),
+            })
+        };
+        assert_eq!(
+            store.write_batch(&[reading(10.0, 100.0)]).unwrap().stored,
+            1
+        );
+        // A resend carries its own publish time: still the same reading.
+        let out = store.write_batch(&[reading(10.0, 105.0)]).unwrap();
+        assert_eq!((out.stored, out.duplicates, out.rejected), (0, 1, 0));
+        // Another reading under the same number is not thrown away.
+        let out = store.write_batch(&[reading(55.5, 200.0)]).unwrap();
+        assert_eq!((out.stored, out.duplicates, out.rejected), (0, 0, 1));
+        let reason: String = store
+            .conn
+            .query_row("SELECT reason FROM rejected", [], |r| r.get(0))
+            .unwrap();
+        assert!(
+            reason.contains("already stored with a different reading"),
+            "{reason}"
+        );
     }
 
     #[test]
