@@ -53,12 +53,14 @@ certfile $D/certs/server.crt
 keyfile $D/certs/server.key
 EOC
 
-mosquitto -c "$D/mosquitto.conf" & BROKER=$!
+# setsid: Ctrl-C stops only the simulator; the script then stops the collector and the
+# broker in order, so the collector's last acknowledgements still reach the broker.
+setsid mosquitto -c "$D/mosquitto.conf" & BROKER=$!
 trap 'kill $BROKER 2>/dev/null || true' EXIT
 for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null && break; sleep 0.1; done
 
 export MQTT_BROKER_HOST=localhost MQTT_BROKER_PORT="$PORT" MQTT_USE_TLS=true MQTT_CA_CERTS="$D/certs/ca.crt"
-MQTT_USERNAME=collector MQTT_PASSWORD="$COLLECTOR_PASSWORD" "$BIN/collector" --db "$D/collector.db" & COLLECTOR=$!
+MQTT_USERNAME=collector MQTT_PASSWORD="$COLLECTOR_PASSWORD" setsid "$BIN/collector" --db "$D/collector.db" & COLLECTOR=$!
 trap 'kill $COLLECTOR $BROKER 2>/dev/null || true' EXIT
 
 echo "broker on localhost:$PORT (TLS), collector storing into $D/collector.db; Ctrl-C to stop"

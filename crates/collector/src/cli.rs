@@ -7,10 +7,13 @@ use mqtt_core::{ConnectionArgs, Env};
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Subscribes to device telemetry over MQTT (QoS 1, persistent session), validates
-/// every message, stores it in SQLite and acknowledges it only once it is committed.
+/// Subscribes to device telemetry over MQTT (QoS 1 by default, persistent session),
+/// validates every message, stores it in SQLite and acknowledges it only once it is
+/// committed.
 ///
-/// Connection settings come from MQTT_* variables (process environment over ./.env).
+/// Connection settings come from MQTT_* variables (process environment over ./.env):
+/// MQTT_BROKER_HOST, MQTT_BROKER_PORT, MQTT_USE_TLS, MQTT_CA_CERTS, MQTT_USERNAME,
+/// MQTT_PASSWORD and more; README.md lists them all, env.example shows a working file.
 #[derive(Debug, Parser)]
 #[command(
     name = "collector",

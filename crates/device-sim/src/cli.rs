@@ -35,8 +35,9 @@ pub struct Cli {
     #[arg(long, default_value = "1s", value_name = "DURATION", value_parser = positive_duration)]
     pub interval: Duration,
 
-    /// Each vehicle stops after it has generated M messages in this run and the broker
-    /// has acknowledged all of them (without it: run until --duration or Ctrl-C)
+    /// Each vehicle stops after it has generated M messages in this run and none of them
+    /// is left in the queue (each acknowledged by the broker, or evicted by --queue-limit);
+    /// without it: run until --duration or Ctrl-C
     #[arg(long, value_name = "M")]
     pub messages: Option<u64>,
 
