@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 pub enum Consumer {
     /// Ours: stores into SQLite, PUBACK after commit.
     Collector,
+    /// Ours with `--sync full`: every commit also survives a power loss.
+    CollectorSyncFull,
     /// C, discards everything: the practical ceiling.
     MosquittoSub,
     /// Python, acks on arrival, batches of 250 into SQLite.
@@ -26,7 +28,18 @@ impl Consumer {
     pub fn name(self) -> &'static str {
         match self {
             Consumer::Collector => "collector",
+            Consumer::CollectorSyncFull => "collector --sync full",
             Consumer::MosquittoSub => "mosquitto_sub",
+            Consumer::Paho => "paho",
+        }
+    }
+
+    /// Client id and file names.
+    pub fn slug(self) -> &'static str {
+        match self {
+            Consumer::Collector => "collector",
+            Consumer::CollectorSyncFull => "collector-sync-full",
+            Consumer::MosquittoSub => "mosquitto-sub",
             Consumer::Paho => "paho",
         }
     }
@@ -99,13 +112,16 @@ impl Run {
         dir: &Path,
     ) -> Result<Run> {
         std::fs::create_dir_all(dir)?;
-        let db = dir.join(format!("{}.db", consumer.name()));
+        let db = dir.join(format!("{}.db", consumer.slug()));
         let _ = std::fs::remove_file(&db);
         let (cmd, line) = match consumer {
-            Consumer::Collector => {
+            Consumer::Collector | Consumer::CollectorSyncFull => {
                 let bin = programs.collector.clone().map_err(|e| anyhow!(e))?;
                 let env = ep.env(Some(client_id));
-                let args = vec!["--db".to_string(), db.display().to_string()];
+                let mut args = vec!["--db".to_string(), db.display().to_string()];
+                if consumer == Consumer::CollectorSyncFull {
+                    args.extend(["--sync".to_string(), "full".to_string()]);
+                }
                 let mut cmd = our_command(&bin, dir, &env);
                 cmd.args(&args)
                     .stdout(Stdio::null())
@@ -181,7 +197,7 @@ impl Run {
             .spawn()
             .with_context(|| format!("starting {}", self.consumer.name()))?;
         match self.consumer {
-            Consumer::Collector => {
+            Consumer::Collector | Consumer::CollectorSyncFull => {
                 let done = wait_for_rows(&child, &self.db, self.expected, deadline)?;
                 let elapsed = done.duration_since(start);
                 let cpu = procstat::cpu_seconds(child.id()).unwrap_or(f64::NAN);

@@ -58,7 +58,7 @@ fn output(program: &str, args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
-fn meta(cli: &Cli, limits: &Limits, broker_conf: &str) -> serde_json::Value {
+fn meta(cli: &Cli, limits: &Limits, broker_conf: &str, dir: &std::path::Path) -> serde_json::Value {
     let mem_kib: u64 = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {
@@ -88,6 +88,8 @@ fn meta(cli: &Cli, limits: &Limits, broker_conf: &str) -> serde_json::Value {
         "paho_mqtt": output("python3", &["-c", "import paho.mqtt; print(paho.mqtt.__version__)"]),
         "git_commit": output("git", &["rev-parse", "--short", "HEAD"]),
         "loadavg_at_start": scenarios::loadavg(),
+        // Databases live here: fsync on tmpfs would cost nothing and flatter every store.
+        "work_dir_filesystem": output("sh", &["-c", &format!("df -T '{}' | awk 'NR==2 {{print $1, $2}}'", dir.display())]),
         "broker_max_inflight_messages": limits.max_inflight,
         "broker_max_queued_messages": limits.max_queued,
         "broker_set_tcp_nodelay": limits.tcp_nodelay,
@@ -129,7 +131,7 @@ fn run(cli: Cli) -> Result<()> {
     let conf = probe.config_text();
     let nofile = probe.nofile;
     drop(probe);
-    let meta = meta(&cli, &limits, &conf);
+    let meta = meta(&cli, &limits, &conf, &dir);
     println!("bench: {}", serde_json::to_string(&meta)?);
     println!(
         "bench: broker max_inflight_messages={} max_queued_messages={} set_tcp_nodelay={} (open-file limit {}), working directory {}",

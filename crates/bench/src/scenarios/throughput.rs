@@ -52,7 +52,8 @@ pub fn run(ctx: &Ctx) -> Section {
         Variant {
             tls: true,
             limits: ctx.limits,
-            consumers: all,
+            // What durability against a power loss costs.
+            consumers: [all, vec![Consumer::CollectorSyncFull]].concat(),
         },
     ];
     if !ctx.quick && ctx.limits.max_inflight < 1000 {
@@ -132,6 +133,22 @@ pub fn run(ctx: &Ctx) -> Section {
             ));
         }
     }
+    for v in &variants {
+        let label = v.label(&ctx.limits);
+        let median = |who: Consumer| {
+            s.find(&format!("{}, {label}", who.name()))
+                .and_then(|r| r.num("median msg/s"))
+        };
+        if let (Some(normal), Some(full)) = (
+            median(Consumer::Collector),
+            median(Consumer::CollectorSyncFull),
+        ) {
+            notes.push(format!(
+                "{label}: collector --sync full drains at {:.2} of the default --sync normal (medians)",
+                full / normal
+            ));
+        }
+    }
     for n in notes {
         s.note(n);
     }
@@ -166,7 +183,7 @@ fn run_variant(
     let mut publishes = Vec::new();
     for round in 0..rounds {
         for (consumer, best, rates) in best.iter_mut() {
-            let id = format!("bench-{}", consumer.name().replace('_', "-"));
+            let id = format!("bench-{}", consumer.slug());
             let attempt = (|| -> anyhow::Result<()> {
                 ctx.rt
                     .block_on(loadgen::prime_session(&ep, &id, "device/data/+"))?;
@@ -178,7 +195,7 @@ fn run_variant(
                     &ep,
                     &id,
                     n,
-                    &dir.join(consumer.name()),
+                    &dir.join(consumer.slug()),
                 )?;
                 if round == 0 {
                     s.command(run.line.clone());
