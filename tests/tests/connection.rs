@@ -241,7 +241,10 @@ fn broker_down_at_start_is_retried_with_growing_delays() {
     // Readings queued during the outage carry the time of their publish, not of their making.
     for (_, payload) in &msgs {
         let v: serde_json::Value = serde_json::from_str(payload).unwrap();
-        assert!(v["timestamp"].as_f64().unwrap() >= up, "{payload} published before {up}");
+        assert!(
+            v["timestamp"].as_f64().unwrap() >= up,
+            "{payload} published before {up}"
+        );
     }
 }
 
