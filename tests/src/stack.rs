@@ -137,6 +137,41 @@ impl Stack {
         .unwrap_or_default()
     }
 
+    /// After a fault is lifted: how long until the collector stores again (rows beyond `rows_before`).
+    pub fn recovered_after(&self, rows_before: usize) -> Duration {
+        let start = std::time::Instant::now();
+        assert!(
+            wait_until(Duration::from_secs(60), || self.stored().1 > rows_before),
+            "nothing was stored within 60 s of the fault being lifted"
+        );
+        start.elapsed()
+    }
+
+    /// One line of figures for the closing note (`cargo test -- --nocapture | grep FAULT`).
+    pub fn report(&self, fault: &str, recoveries: &[Duration]) {
+        let generated: u64 = self.last_seqs().values().sum();
+        let (_, rows) = self.stored();
+        let dups: i64 = rusqlite::Connection::open_with_flags(
+            &self.db,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .and_then(|c| {
+            c.query_row(
+                "SELECT value FROM counters WHERE name = 'duplicates'",
+                [],
+                |r| r.get(0),
+            )
+        })
+        .unwrap_or(-1);
+        let worst = recoveries.iter().max().copied().unwrap_or_default();
+        eprintln!(
+            "FAULT {fault}: generated {generated}, stored {rows}, duplicates suppressed {dups}, \
+             faults {}, slowest recovery {} ms",
+            recoveries.len(),
+            worst.as_millis()
+        );
+    }
+
     /// Waits until the collector has stored `n` distinct (device, seq) pairs.
     pub fn wait_stored(&self, n: usize, timeout: Duration) -> bool {
         wait_until(timeout, || {

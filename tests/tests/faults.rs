@@ -12,16 +12,20 @@ fn broker_restarted_three_times_loses_nothing() {
     let mut stack = Stack::new(BrokerConfig::new());
     stack.start_collector();
     let mut sim = stack.sim(&["--count", "20", "--messages", "40", "--interval", "100ms"]);
+    let mut recoveries = Vec::new();
     for _ in 0..3 {
         let before = stack.stored().1;
         // Restart only once messages are flowing, so each restart interrupts real traffic.
         assert!(wait_until(Duration::from_secs(20), || stack.stored().1 > before + 20));
         stack.broker.stop();
+        let rows = stack.stored().1;
         stack.broker.start_again();
+        recoveries.push(stack.recovered_after(rows));
     }
     let out = sim.wait_output(Duration::from_secs(60)).unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert_complete(&stack, &expected(20, |_| 1..=40));
+    stack.report("broker restarted 3 times (SIGTERM)", &recoveries);
     let out = stack.stop_collector();
     assert!(out.status.success(), "{}", stderr(&out));
 }
@@ -31,6 +35,7 @@ fn collector_killed_five_times_loses_nothing_and_stores_nothing_twice() {
     let mut stack = Stack::new(BrokerConfig::new());
     stack.start_collector();
     let mut sim = stack.sim(&["--count", "5", "--messages", "80", "--interval", "50ms"]);
+    let mut recoveries = Vec::new();
     let mut rng = 0x9e3779b97f4a7c15u64;
     for _ in 0..5 {
         rng ^= rng << 13;
@@ -40,11 +45,14 @@ fn collector_killed_five_times_loses_nothing_and_stores_nothing_twice() {
         let after = before + 10 + (rng % 40) as usize;
         assert!(wait_until(Duration::from_secs(20), || stack.stored().1 >= after));
         stack.kill_collector();
+        let rows = stack.stored().1;
         stack.start_collector();
+        recoveries.push(stack.recovered_after(rows));
     }
     let out = sim.wait_output(Duration::from_secs(60)).unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert_complete(&stack, &expected(5, |_| 1..=80));
+    stack.report("collector SIGKILLed 5 times", &recoveries);
 }
 
 #[test]
@@ -54,7 +62,9 @@ fn simulator_killed_and_restarted_continues_without_gap_or_reuse() {
     let mut sim = stack.sim(&["--count", "3", "--messages", "1000", "--interval", "20ms"]);
     assert!(wait_until(Duration::from_secs(20), || stack.stored().1 >= 60));
     sim.kill();
+    let rows = stack.stored().1;
     let mut sim = stack.sim(&["--count", "3", "--messages", "30", "--interval", "20ms"]);
+    let recovery = stack.recovered_after(rows);
     let out = sim.wait_output(Duration::from_secs(60)).unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     // Every device's seqs are 1..=max with nothing missing, and the second run added 30 each.
@@ -62,6 +72,7 @@ fn simulator_killed_and_restarted_continues_without_gap_or_reuse() {
     let want = expected(3, |i| 1..=*got[&format!("vehicle_{i:02}")].last().unwrap());
     assert!(want.values().all(|s| s.len() >= 50), "{want:?}");
     assert_complete(&stack, &want);
+    stack.report("device-sim SIGKILLed and restarted", &[recovery]);
 }
 
 #[test]
@@ -74,7 +85,9 @@ fn frozen_broker_is_detected_by_keepalive_and_everything_arrives() {
     stack.broker.pause();
     let frozen = Instant::now();
     std::thread::sleep(Duration::from_secs(5));
+    let rows = stack.stored().1;
     stack.broker.resume();
+    let recovery = stack.recovered_after(rows);
     let out = sim.wait_output(Duration::from_secs(60)).unwrap();
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
@@ -90,6 +103,7 @@ fn frozen_broker_is_detected_by_keepalive_and_everything_arrives() {
         stderr(&out)
     );
     assert!(frozen.elapsed() < Duration::from_secs(60));
+    stack.report("broker frozen 5 s (SIGSTOP), keepalive 2 s", &[recovery]);
 }
 
 #[test]
@@ -113,10 +127,12 @@ fn outage_longer_than_the_queue_loses_exactly_the_evicted_messages() {
         last.len() == 2 && last.values().all(|&s| s == 20)
     }));
     stack.broker.start_again();
+    let recovery = stack.recovered_after(0);
     let out = sim.wait_output(Duration::from_secs(60)).unwrap();
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
     assert_complete(&stack, &expected(2, |_| 16..=20));
+    stack.report("outage past --queue-limit 5 (30 evicted)", &[recovery]);
     // Exactly the missing ones were reported: 15 per device.
     for d in ["vehicle_01", "vehicle_02"] {
         assert!(err.contains(&format!("{d}: 15 messages evicted")), "{err}");
@@ -159,10 +175,13 @@ fn unwritable_database_stops_acknowledging_and_nothing_is_lost() {
         "no clear message: {err}"
     );
     // Fault removed: a collector without the limit gets everything the broker kept.
+    let rows = stack.stored().1;
     stack.start_collector();
+    let recovery = stack.recovered_after(rows);
     let out = sim.wait_output(Duration::from_secs(90)).unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert_complete(&stack, &expected(4, |_| 1..=300));
+    stack.report("database unwritable (file size limit 256 KiB)", &[recovery]);
 }
 
 #[test]
@@ -172,7 +191,9 @@ fn broker_killed_loses_only_what_stats_reports_as_gaps() {
     let mut sim = stack.sim(&["--count", "10", "--messages", "60", "--interval", "50ms"]);
     assert!(wait_until(Duration::from_secs(20), || stack.stored().1 >= 100));
     stack.broker.kill();
+    let rows = stack.stored().1;
     stack.broker.start_again();
+    let recovery = stack.recovered_after(rows);
     let out = sim.wait_output(Duration::from_secs(60)).unwrap();
     let sim_err = stderr(&out);
     assert!(out.status.success(), "{sim_err}");
@@ -215,6 +236,11 @@ fn broker_killed_loses_only_what_stats_reports_as_gaps() {
             reported.extend((a..=b).map(|q| (id.clone(), q)));
         }
     }
+    eprintln!(
+        "FAULT broker SIGKILLed: {} generated and not stored, all reported as gaps",
+        missing.len()
+    );
+    stack.report("broker SIGKILLed", &[recovery]);
     assert_eq!(
         reported, missing,
         "stats gaps differ from what was generated and not stored"
