@@ -7,7 +7,7 @@ use mqtt_core::certgen::DevCertificates;
 use mqtt_core::{Env, Settings};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 /// The development CA and server certificate the broker's TLS listener uses.
@@ -221,7 +221,7 @@ impl Broker {
             "ulimit -n 65536 2>/dev/null || ulimit -n $(ulimit -Hn); exec mosquitto -c '{}'",
             self.conf_path.display()
         );
-        let child = Command::new("sh")
+        let child = crate::procstat::child_command("sh")
             .arg("-c")
             .arg(script)
             .stdin(Stdio::null())

@@ -86,7 +86,7 @@ fn shell_line(env: &[(String, String)], program: &Path, args: &[String], tail: &
 
 /// A command for one of our binaries running in `dir` with only the given MQTT_* variables.
 pub fn our_command(program: &Path, dir: &Path, env: &[(String, String)]) -> Command {
-    let mut cmd = Command::new(program);
+    let mut cmd = procstat::child_command(program);
     cmd.current_dir(dir);
     for (k, _) in std::env::vars() {
         if k.starts_with("MQTT_") || k == "COLLECTOR_DB" {
@@ -145,7 +145,7 @@ impl Run {
                     .map(String::from),
                 );
                 args.push(n.to_string());
-                let mut cmd = Command::new(&bin);
+                let mut cmd = procstat::child_command(&bin);
                 cmd.args(&args)
                     .stdout(Stdio::null())
                     .stderr(log_file(dir, "mosquitto_sub")?);
@@ -172,7 +172,7 @@ impl Run {
                     args.push("--cafile".into());
                     args.push(ca.display().to_string());
                 }
-                let mut cmd = Command::new("python3");
+                let mut cmd = procstat::child_command("python3");
                 cmd.args(&args)
                     .stdout(Stdio::null())
                     .stderr(log_file(dir, "paho")?);
