@@ -141,6 +141,65 @@ const REJECTED_COLUMNS: &[&str] = &["topic", "receive_ts", "reason", "payload"];
 pub struct SqliteStore {
     conn: Connection,
     path: PathBuf,
+    _checkpointer: Checkpointer,
+}
+
+/// Copies the WAL back into the database file on its own thread and connection.
+///
+/// SQLite's automatic checkpoint runs inside the commit that crosses its threshold,
+/// with two fsyncs; meanwhile no batch can commit, so no message can be acknowledged,
+/// and the broker's small in-flight window stalls. Here the commit path only appends
+/// to the WAL. Stops (and joins) when dropped.
+struct Checkpointer {
+    stop: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    const EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+    fn spawn(path: &Path) -> rusqlite::Result<Checkpointer> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let stop = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || {
+                let (lock, cv) = &*flag;
+                let mut stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
+                loop {
+                    let (guard, _) = cv
+                        .wait_timeout(stopped, Self::EVERY)
+                        .unwrap_or_else(|e| e.into_inner());
+                    stopped = guard;
+                    // PASSIVE never waits for the writer; a final one runs at stop.
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        tracing::warn!("WAL checkpoint failed (the commits go on in the WAL): {e}");
+                    }
+                    if *stopped {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        Ok(Checkpointer {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        let (lock, cv) = &*self.stop;
+        *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        cv.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl SqliteStore {
@@ -197,9 +256,14 @@ impl SqliteStore {
                     sql_err(e)
                 }
             })?;
+        // Checkpoints happen on their own thread (see Checkpointer), not in a commit.
+        conn.execute_batch("PRAGMA wal_autocheckpoint=0")
+            .map_err(sql_err)?;
+        let checkpointer = Checkpointer::spawn(path).map_err(sql_err)?;
         Ok(SqliteStore {
             conn,
             path: path.to_path_buf(),
+            _checkpointer: checkpointer,
         })
     }
 
@@ -527,6 +591,37 @@ mod tests {
             reason.contains("already stored with a different reading"),
             "{reason}"
         );
+    }
+
+    #[test]
+    fn the_wal_is_copied_back_off_the_commit_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let mut store = SqliteStore::open(&path, SyncMode::Normal).unwrap();
+        let auto: i64 = store
+            .conn
+            .query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(auto, 0, "commits must not checkpoint");
+        let size = || std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let empty = size();
+        for b in 0..100 {
+            let batch: Vec<Record> = (0..20).map(|i| row("dev", Some(b * 20 + i))).collect();
+            store.write_batch(&batch).unwrap();
+        }
+        // The checkpointer thread moves the pages into the database file by itself.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while size() <= empty && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(
+            size() > empty,
+            "no checkpoint within 10 s ({} bytes)",
+            size()
+        );
+        drop(store);
+        let conn = Connection::open(&path).unwrap();
+        assert_eq!(count(&conn, "SELECT count(*) FROM telemetry"), 2000);
     }
 
     #[test]
