@@ -308,7 +308,8 @@ impl Device {
 
         // Leave: a clean DISCONNECT when connected; late PUBACKs still delete their rows.
         if self.connected {
-            let _ = conn.client.try_disconnect();
+            // Waits for room in the request channel, which may be full of publishes.
+            let _ = tokio::time::timeout(LEAVE_TIMEOUT, conn.client.disconnect()).await;
         }
         leave.cancel();
         let _ = tokio::time::timeout(LEAVE_TIMEOUT, async {
