@@ -14,5 +14,5 @@ pub mod subscriber;
 pub use bins::{bin, command};
 pub use broker::{Broker, BrokerConfig};
 pub use pki::Pki;
-pub use process::{free_port, run_with_timeout, spawn, wait_until, ChildGuard};
+pub use process::{env_with, free_port, run_with_timeout, spawn, wait_until, ChildGuard};
 pub use subscriber::{seqs, Subscriber};

@@ -2,18 +2,11 @@
 //! passwords, the insecure mode, permanent failures and their exit codes,
 //! reconnect with backoff, and configuration errors.
 
-use e2e::{command, seqs, Broker, BrokerConfig, Pki, Subscriber};
+use e2e::stack::stderr;
+use e2e::{command, env_with, seqs, Broker, BrokerConfig, Pki, Subscriber};
 use std::collections::BTreeMap;
 use std::process::Output;
 use std::time::{Duration, Instant};
-
-fn env_with(mut env: Vec<(String, String)>, extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    for (k, v) in extra {
-        env.retain(|(key, _)| key != k);
-        env.push((k.to_string(), v.to_string()));
-    }
-    env
-}
 
 /// Runs device-sim to completion in a fresh directory.
 fn run_sim(args: &[&str], env: &[(String, String)], timeout: Duration) -> Output {
@@ -21,10 +14,6 @@ fn run_sim(args: &[&str], env: &[(String, String)], timeout: Duration) -> Output
     let mut cmd = command("device-sim", dir.path(), env);
     cmd.args(args);
     e2e::run_with_timeout(&mut cmd, timeout)
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// 3 devices x 5 messages; a real subscriber must see exactly seq 1..5 of each.

@@ -3,7 +3,7 @@
 //! passwords that never reach a log line or a database.
 
 use e2e::stack::{stderr, Stack};
-use e2e::{command, run_with_timeout, wait_until, Broker, BrokerConfig, Pki, Subscriber};
+use e2e::{command, env_with, run_with_timeout, wait_until, Broker, BrokerConfig, Pki, Subscriber};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -220,14 +220,6 @@ fn assert_refused(out: &Output, needle: &str) {
     assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
 }
 
-fn with(mut env: Vec<(String, String)>, extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    for (k, v) in extra {
-        env.retain(|(key, _)| key != k);
-        env.push((k.to_string(), v.to_string()));
-    }
-    env
-}
-
 #[test]
 fn not_yet_valid_server_certificate_is_refused() {
     let pki = Pki::not_yet_valid_server();
@@ -241,7 +233,7 @@ fn client_certificate_from_another_ca_is_refused() {
     let foreign = Pki::new();
     let (crt, key) = foreign.client("intruder");
     let broker = Broker::start(BrokerConfig::new().tls(&pki).require_certificate(true));
-    let env = with(
+    let env = env_with(
         broker.env_tls(&pki),
         &[
             ("MQTT_CERTFILE", crt.to_str().unwrap()),
@@ -254,7 +246,7 @@ fn client_certificate_from_another_ca_is_refused() {
 #[test]
 fn revoked_password_is_refused_after_the_broker_reloads() {
     let broker = Broker::start(BrokerConfig::new().user("fleet", "pw-before-revocation"));
-    let env = with(
+    let env = env_with(
         broker.env_plain(),
         &[
             ("MQTT_USERNAME", "fleet"),
@@ -281,7 +273,7 @@ fn tls_never_falls_back_to_plain_text() {
     // TLS on, but pointed at the plain listener: keep trying TLS with a hint, never
     // speak MQTT in clear. (A broker at max_connections hangs up the same way, so
     // this is retried rather than fatal.)
-    let env = with(
+    let env = env_with(
         broker.env_tls(&pki),
         &[("MQTT_BROKER_PORT", &broker.plain_port.to_string())],
     );
@@ -328,7 +320,7 @@ fn passwords_never_reach_logs_or_databases() {
     const PASSWORD: &str = "Zq9-unmistakable-secret-41x";
     let pki = Pki::new();
     let mut stack = Stack::new(BrokerConfig::new().tls(&pki).user("mqtt-user", PASSWORD));
-    stack.env = with(
+    stack.env = env_with(
         stack.broker.env_tls(&pki),
         &[
             ("MQTT_USERNAME", "mqtt-user"),
