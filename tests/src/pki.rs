@@ -71,6 +71,19 @@ impl Pki {
     }
 }
 
+impl Pki {
+    /// A client certificate for a key made elsewhere (PKCS#8 PEM); returns the certificate path.
+    pub fn client_for_key(&self, name: &str, key_pem: &str) -> PathBuf {
+        let issued = self
+            .ca
+            .issue_client_with_key(name, key_pem, Validity::days(30))
+            .unwrap();
+        let crt = self.dir.path().join(format!("{name}.crt"));
+        std::fs::write(&crt, &issued.cert_pem).unwrap();
+        crt
+    }
+}
+
 impl Default for Pki {
     fn default() -> Self {
         Self::new()

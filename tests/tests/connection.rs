@@ -70,6 +70,71 @@ fn mutual_tls_delivers_every_message() {
     delivers_3x5(&broker, env, &[]);
 }
 
+fn openssl(args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl is installed");
+    assert!(out.status.success(), "openssl {args:?}: {}", stderr(&out));
+}
+
+#[test]
+fn mutual_tls_accepts_sec1_and_pkcs1_keys() {
+    let pki = Pki::new();
+    let broker = Broker::start(BrokerConfig::new().tls(&pki).require_certificate(true));
+    let dir = pki.dir.path();
+    // SEC1: the EC key of a generated client, rewritten by openssl.
+    let (ec_crt, ec_key) = pki.client("sec1-device");
+    let sec1 = dir.join("sec1.key");
+    openssl(&[
+        "ec",
+        "-in",
+        ec_key.to_str().unwrap(),
+        "-out",
+        sec1.to_str().unwrap(),
+    ]);
+    // PKCS#1: an RSA key, certified by the same CA, written in the traditional form.
+    let rsa8 = dir.join("rsa8.key");
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        rsa8.to_str().unwrap(),
+    ]);
+    let rsa_crt = pki.client_for_key("pkcs1-device", &std::fs::read_to_string(&rsa8).unwrap());
+    let pkcs1 = dir.join("pkcs1.key");
+    openssl(&[
+        "rsa",
+        "-in",
+        rsa8.to_str().unwrap(),
+        "-traditional",
+        "-out",
+        pkcs1.to_str().unwrap(),
+    ]);
+    for (crt, key, header) in [
+        (&ec_crt, &sec1, "-----BEGIN EC PRIVATE KEY-----"),
+        (&rsa_crt, &pkcs1, "-----BEGIN RSA PRIVATE KEY-----"),
+    ] {
+        assert!(std::fs::read_to_string(key).unwrap().starts_with(header));
+        let env = env_with(
+            broker.env_tls(&pki),
+            &[
+                ("MQTT_CERTFILE", crt.to_str().unwrap()),
+                ("MQTT_KEYFILE", key.to_str().unwrap()),
+            ],
+        );
+        let out = run_sim(
+            &["--count", "1", "--messages", "2", "--interval", "20ms"],
+            &env,
+            Duration::from_secs(20),
+        );
+        assert!(out.status.success(), "{header}: {}", stderr(&out));
+    }
+}
+
 #[test]
 fn username_and_password_over_tls_deliver_every_message() {
     let pki = Pki::new();

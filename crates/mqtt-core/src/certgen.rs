@@ -195,14 +195,47 @@ impl CertificateAuthority {
     /// A client certificate whose common name is `name` (Mosquitto's `use_identity_as_username` reads it).
     pub fn issue_client(&self, name: &str, validity: Validity) -> Result<Issued, CertgenError> {
         let what = format!("client {name:?}");
+        let key = KeyPair::generate().map_err(gen_err(&what))?;
+        self.issue_client_for(name, key, validity)
+    }
+
+    /// A client certificate for a key made elsewhere (PKCS#8 PEM, e.g. an RSA key
+    /// from openssl), so other key types and encodings can be tried against a broker.
+    pub fn issue_client_with_key(
+        &self,
+        name: &str,
+        key_pem: &str,
+        validity: Validity,
+    ) -> Result<Issued, CertgenError> {
+        let what = format!("client {name:?}");
+        let key = KeyPair::from_pem(key_pem).map_err(gen_err(&what))?;
+        self.issue_client_for(name, key, validity)
+    }
+
+    fn issue_client_for(
+        &self,
+        name: &str,
+        key: KeyPair,
+        validity: Validity,
+    ) -> Result<Issued, CertgenError> {
+        let what = format!("client {name:?}");
         let mut params = base_params(vec![], UNIT_CLIENT, name, validity, &what)?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        self.sign(params, &what)
+        self.sign_with(params, key, &what)
     }
 
     fn sign(&self, params: CertificateParams, what: &str) -> Result<Issued, CertgenError> {
         let key = KeyPair::generate().map_err(gen_err(what))?;
+        self.sign_with(params, key, what)
+    }
+
+    fn sign_with(
+        &self,
+        params: CertificateParams,
+        key: KeyPair,
+        what: &str,
+    ) -> Result<Issued, CertgenError> {
         let cert = params
             .signed_by(&key, &self.issuer)
             .map_err(gen_err(what))?;
