@@ -84,6 +84,23 @@ fn shell_line(env: &[(String, String)], program: &Path, args: &[String], tail: &
     line
 }
 
+/// Starts device-sim with `args`, its summary in `dir/device-sim.out` and its log in
+/// `dir/device-sim.log`.
+pub fn spawn_device_sim(
+    sim: &Path,
+    dir: &Path,
+    env: &[(String, String)],
+    args: &[String],
+) -> anyhow::Result<std::process::Child> {
+    use anyhow::Context;
+    our_command(sim, dir, env)
+        .args(args)
+        .stdout(std::fs::File::create(dir.join("device-sim.out"))?)
+        .stderr(std::fs::File::create(dir.join("device-sim.log"))?)
+        .spawn()
+        .context("starting device-sim")
+}
+
 /// A command for one of our binaries running in `dir` with only the given MQTT_* variables.
 pub fn our_command(program: &Path, dir: &Path, env: &[(String, String)]) -> Command {
     let mut cmd = procstat::child_command(program);

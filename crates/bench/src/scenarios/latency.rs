@@ -5,7 +5,7 @@
 
 use super::{guarded, Ctx};
 use crate::broker::Broker;
-use crate::consumers::{open_reader, our_command, stored_rows, wait_for_rows};
+use crate::consumers::{open_reader, our_command, spawn_device_sim, stored_rows, wait_for_rows};
 use crate::loadgen;
 use crate::procstat::{self, Sample};
 use crate::report::{percentile, Row, Section};
@@ -121,12 +121,7 @@ pub fn sim_into_collector(
         let coll_cpu0 = Sample::take(coll.id());
         let broker_cpu0 = Sample::take(broker_pid);
         let start = Instant::now();
-        let child = our_command(&sim, dir, &ep.env(None))
-            .args(&args)
-            .stdout(std::fs::File::create(dir.join("device-sim.out"))?)
-            .stderr(std::fs::File::create(dir.join("device-sim.log"))?)
-            .spawn()
-            .context("starting device-sim")?;
+        let child = spawn_device_sim(&sim, dir, &ep.env(None), &args)?;
         let steady_from =
             start + Duration::from_secs(1).min(Duration::from_secs(u64::from(load.seconds) / 3));
         let steady_to = start + Duration::from_secs_f64(f64::from(load.seconds) * 0.9);

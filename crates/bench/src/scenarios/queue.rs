@@ -4,10 +4,10 @@
 
 use super::{guarded, queued_rows, Ctx};
 use crate::broker::{free_port, Broker, Endpoint};
-use crate::consumers::our_command;
+use crate::consumers::spawn_device_sim;
 use crate::procstat;
 use crate::report::{Row, Section};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use std::time::{Duration, Instant};
 
 /// Runs the scenario.
@@ -60,12 +60,7 @@ fn one(ctx: &Ctx, s: &mut Section, total: u64, devices: u64) -> Result<()> {
         args.join(" ")
     ));
     let start = Instant::now();
-    let child = our_command(&sim, &dir, &ep.env(None))
-        .args(&args)
-        .stdout(std::fs::File::create(dir.join("device-sim.out"))?)
-        .stderr(std::fs::File::create(dir.join("device-sim.log"))?)
-        .spawn()
-        .context("starting device-sim")?;
+    let child = spawn_device_sim(&sim, &dir, &ep.env(None), &args)?;
     let result = (|| -> Result<()> {
         let mut first_row = None;
         let full_at;

@@ -4,7 +4,7 @@
 
 use super::{guarded, Ctx};
 use crate::broker::Broker;
-use crate::consumers::our_command;
+use crate::consumers::spawn_device_sim;
 use crate::loadgen::ConnectedWatcher;
 use crate::procstat::{self, Sample};
 use crate::report::{Row, Section};
@@ -83,12 +83,7 @@ fn one(
         args.join(" ")
     ));
     let start = Instant::now();
-    let child = our_command(sim, dir, &tls.env(None))
-        .args(&args)
-        .stdout(std::fs::File::create(dir.join("device-sim.out"))?)
-        .stderr(std::fs::File::create(dir.join("device-sim.log"))?)
-        .spawn()
-        .context("starting device-sim")?;
+    let child = spawn_device_sim(sim, dir, &tls.env(None), &args)?;
     let result = (|| -> Result<()> {
         let limit = Duration::from_secs(if n > 5000 { 120 } else { 60 });
         let mut connected_at = None;
