@@ -1,11 +1,17 @@
 //! Development certificates: a CA, a server certificate for the local names and
 //! any extra hosts, and client certificates for mutual TLS. Used by
 //! `collector certgen` and by the tests, so both exercise the same certificates.
+//!
+//! Behind the `certgen` feature (off by default), so `device-sim` is built without
+//! rcgen. Files are written through a fresh temporary file in the target directory
+//! (created exclusively, mode set before a byte is written), then renamed into
+//! place; a symlink planted at the final or a temporary name is never followed.
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
 };
+use std::io;
 use std::path::{Path, PathBuf};
 use time::{Duration, OffsetDateTime};
 
@@ -26,6 +32,14 @@ pub enum CertgenError {
     /// A `--client` name that cannot be a certificate's file name.
     #[error("cannot use {name:?} as a client name: {reason}")]
     ClientName {
+        /// The name given.
+        name: String,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// A `--host` that is neither a DNS name nor an IP address.
+    #[error("cannot use {name:?} as a host name of the server certificate: {reason}; give a DNS name (letters, digits, hyphens and dots, e.g. mqtt.example.com, or a wildcard *.example.com) or an IP address (e.g. 192.168.1.10 or fd00::1), without scheme or port")]
+    Host {
         /// The name given.
         name: String,
         /// Why it is refused.
@@ -261,15 +275,7 @@ impl DevCertificates {
     /// A client name must be a valid device id (the contract's rule, so it is also
     /// a safe file name) and must not collide with the CA's or the server's files.
     pub fn generate(hosts: &[String], clients: &[String], days: u32) -> Result<Self, CertgenError> {
-        for (i, name) in clients.iter().enumerate() {
-            check_client_name(name)?;
-            if clients[..i].contains(name) {
-                return Err(CertgenError::ClientName {
-                    name: name.clone(),
-                    reason: "it is given twice".into(),
-                });
-            }
-        }
+        Self::check_names(hosts, clients)?;
         let validity = Validity::days(days);
         let ca = CertificateAuthority::new("mqtt-telemetry development CA", validity)?;
         let server = ca.issue_server(hosts, validity)?;
@@ -282,6 +288,26 @@ impl DevCertificates {
             server,
             clients,
         })
+    }
+
+    /// Checks what [`generate`](Self::generate) checks, without generating anything:
+    /// every host is a DNS name or an IP address ([`check_host_name`]), every client
+    /// name is a valid device id that does not clash with the CA's or the server's
+    /// files, and no client is given twice.
+    pub fn check_names(hosts: &[String], clients: &[String]) -> Result<(), CertgenError> {
+        for host in hosts {
+            check_host_name(host)?;
+        }
+        for (i, name) in clients.iter().enumerate() {
+            check_client_name(name)?;
+            if clients[..i].contains(name) {
+                return Err(CertgenError::ClientName {
+                    name: name.clone(),
+                    reason: "it is given twice".into(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The files of this set: (file name, contents, is a private key).
@@ -303,12 +329,18 @@ impl DevCertificates {
         files
     }
 
-    /// Writes the set into `dir` (created if missing): keys 0600, certificates 0644.
-    /// Without `force`, an existing file stops the write before anything is written.
-    pub fn write(&self, dir: &Path, force: bool) -> Result<Vec<PathBuf>, CertgenError> {
+    /// Writes the set into `dir` (created if missing): keys 0600, certificates 0644,
+    /// each through [`write_file`] (with `force`) or [`write_new_file`] (without).
+    /// Without `force`, an existing file, or any symlink, at one of the names stops
+    /// the write before anything is written. Returns the files in the order written.
+    pub fn write(&self, dir: &Path, force: bool) -> Result<Vec<WrittenFile>, CertgenError> {
         let files = self.files();
         if !force {
-            if let Some((name, _, _)) = files.iter().find(|(n, _, _)| dir.join(n).exists()) {
+            // symlink_metadata, not exists(): a dangling symlink is in the way too.
+            if let Some((name, _, _)) = files
+                .iter()
+                .find(|(n, _, _)| std::fs::symlink_metadata(dir.join(n)).is_ok())
+            {
                 return Err(CertgenError::Exists(dir.join(name)));
             }
         }
@@ -319,19 +351,138 @@ impl DevCertificates {
         let mut written = Vec::new();
         for (name, contents, secret) in files {
             let path = dir.join(&name);
-            write_file(
-                &path,
-                contents.as_bytes(),
-                if secret { 0o600 } else { 0o644 },
-            )
-            .map_err(|source| CertgenError::Write {
-                path: path.clone(),
-                source,
-            })?;
-            written.push(path);
+            let mode = if secret { KEY_MODE } else { CERT_MODE };
+            let result = if force {
+                write_file(&path, contents.as_bytes(), mode)
+            } else {
+                write_new_file(&path, contents.as_bytes(), mode)
+            };
+            match result {
+                Ok(()) => written.push(WrittenFile { path, mode }),
+                // Created by someone else between the check above and now.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && written.is_empty() => {
+                    return Err(CertgenError::Exists(path));
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    return Err(CertgenError::Write {
+                        path,
+                        source: io::Error::new(
+                            e.kind(),
+                            "the file appeared while the set was being written, so the set is incomplete; run again with --force",
+                        ),
+                    });
+                }
+                Err(source) => return Err(CertgenError::Write { path, source }),
+            }
         }
         Ok(written)
     }
+}
+
+/// Mode of a private key file.
+pub const KEY_MODE: u32 = 0o600;
+/// Mode of a certificate file.
+pub const CERT_MODE: u32 = 0o644;
+
+/// A file [`DevCertificates::write`] wrote, and the Unix mode it was given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrittenFile {
+    /// `dir` joined with the file name.
+    pub path: PathBuf,
+    /// [`KEY_MODE`] or [`CERT_MODE`].
+    pub mode: u32,
+}
+
+/// Checks a `--host` value for the server certificate: an IP address (v4 or v6,
+/// without brackets) or a DNS name of letters, digits, hyphens and dots (labels of
+/// 1 to 63 characters that neither start nor end with a hyphen, 253 characters in
+/// all, the last label not all digits). A wildcard is allowed as the whole first
+/// label followed by at least two labels (`*.example.com`, not `*.com`); it
+/// matches one label only. Schemes, ports, paths and spaces are refused, naming the value.
+pub fn check_host_name(host: &str) -> Result<(), CertgenError> {
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let refuse = |reason: String| CertgenError::Host {
+        name: host.to_string(),
+        reason,
+    };
+    if host.is_empty() {
+        return Err(refuse("it is empty".into()));
+    }
+    if host.contains("://") {
+        return Err(refuse("it has a scheme".into()));
+    }
+    if host.chars().any(char::is_whitespace) {
+        return Err(refuse("it contains whitespace".into()));
+    }
+    if host.starts_with('[') {
+        return Err(refuse(
+            "an IPv6 address goes without brackets (and without a port)".into(),
+        ));
+    }
+    if host.contains(':') {
+        return Err(refuse(
+            "it contains ':', so it is a name with a port or a malformed IPv6 address".into(),
+        ));
+    }
+    if host.contains('/') {
+        return Err(refuse("it contains '/'".into()));
+    }
+    if host.len() > 253 {
+        return Err(refuse(format!(
+            "it is {} characters long; a DNS name has at most 253",
+            host.len()
+        )));
+    }
+    let (wildcard, name) = match host.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, host),
+    };
+    let labels: Vec<&str> = name.split('.').collect();
+    for label in &labels {
+        if label.is_empty() {
+            return Err(refuse(
+                "it has an empty label (a dot at the start or end, or two dots in a row)".into(),
+            ));
+        }
+        if label.len() > 63 {
+            return Err(refuse(format!(
+                "its label {label:?} is {} characters long; a label has at most 63",
+                label.len()
+            )));
+        }
+        if let Some(c) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
+        {
+            return Err(refuse(if c == '*' {
+                "a wildcard is allowed only as the whole first label, as in *.example.com".into()
+            } else {
+                format!("it contains {c:?}, which a DNS name cannot")
+            }));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(refuse(format!(
+                "its label {label:?} starts or ends with a hyphen"
+            )));
+        }
+    }
+    if labels
+        .last()
+        .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(refuse(
+            "its last label is all digits, so it is neither a DNS name nor a valid IP address"
+                .into(),
+        ));
+    }
+    if wildcard && labels.len() < 2 {
+        return Err(refuse(
+            "a wildcard needs at least two labels after it (*.example.com, not *.com)".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn check_client_name(name: &str) -> Result<(), CertgenError> {
@@ -348,33 +499,65 @@ fn check_client_name(name: &str) -> Result<(), CertgenError> {
     Ok(())
 }
 
-/// Writes a file with the given Unix mode, replacing it atomically so a reader
-/// never sees a half-written key and a key is never world-readable, not even briefly.
-pub fn write_file(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
+/// Writes a file with the given Unix mode, replacing whatever is at `path` (a
+/// symlink there is replaced, never followed). See [`write_new_file`] for how.
+pub fn write_file(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    write_through_temp(path, contents, mode, true)
+}
+
+/// Writes a file with the given Unix mode; fails with [`io::ErrorKind::AlreadyExists`]
+/// when anything, even a dangling symlink, is at `path`. The contents go to a
+/// temporary file created exclusively (`O_EXCL`) under a random name in the same
+/// directory, whose mode is set before the first byte is written; it is synced and
+/// then renamed into place, so a reader never sees a half-written key and a key
+/// is never readable by others, not even briefly.
+pub fn write_new_file(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    write_through_temp(path, contents, mode, false)
+}
+
+fn write_through_temp(path: &Path, contents: &[u8], mode: u32, replace: bool) -> io::Result<()> {
     use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id()
-    ));
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(mode);
-    }
-    let mut f = opts.open(&tmp)?;
-    f.write_all(contents)?;
-    f.sync_all()?;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} names no file", path.display()),
+        )
+    })?;
+    let mut prefix = std::ffi::OsString::from(".");
+    prefix.push(name);
+    prefix.push(".");
+    // Created 0600 with O_CREAT|O_EXCL under a random name; removed again on any error.
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&prefix)
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        // The umask may have narrowed a certificate's 0644; set the mode explicitly.
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+        // fchmod on the open file: exact (no umask), and before any contents.
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(mode))?;
     }
-    std::fs::rename(&tmp, path)
+    #[cfg(not(unix))]
+    let _ = mode;
+    tmp.write_all(contents)?;
+    tmp.as_file().sync_all()?;
+    if replace {
+        tmp.persist(path).map_err(|e| e.error)?;
+    } else {
+        tmp.persist_noclobber(path).map_err(|e| e.error)?;
+    }
+    #[cfg(unix)]
+    {
+        // The rename is durable once the directory is synced; best effort, since
+        // some file systems cannot sync a directory and the file is in place anyway.
+        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -391,7 +574,8 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            for p in &written {
+            for f in &written {
+                let p = &f.path;
                 let mode = std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
                 let want = if p.extension().unwrap() == "key" {
                     0o600
@@ -399,6 +583,7 @@ mod tests {
                     0o644
                 };
                 assert_eq!(mode, want, "{}", p.display());
+                assert_eq!(f.mode, want, "{}", p.display());
             }
         }
         let before = std::fs::read(dir.path().join("ca.crt")).unwrap();
@@ -412,7 +597,17 @@ mod tests {
 
     #[test]
     fn client_names_that_clash_or_escape_are_refused() {
-        for bad in ["ca", "server", "../evil", "a/b", "", ".hidden"] {
+        for bad in [
+            "ca",
+            "server",
+            "../evil",
+            "a/b",
+            "",
+            ".hidden",
+            "a b",
+            "v\u{e9}hicle",
+            "x+y",
+        ] {
             let err = DevCertificates::generate(&[], &[bad.to_string()], 1)
                 .err()
                 .unwrap_or_else(|| panic!("{bad:?} was accepted"));
@@ -421,5 +616,196 @@ mod tests {
         let twice = vec!["v1".to_string(), "v1".to_string()];
         assert!(DevCertificates::generate(&[], &twice, 1).is_err());
         assert!(DevCertificates::generate(&[], &["vehicle_01".into()], 1).is_ok());
+        let too_long = "v".repeat(129);
+        assert!(DevCertificates::check_names(&[], &[too_long]).is_err());
+        assert!(DevCertificates::check_names(&[], &["v".repeat(128)]).is_ok());
+    }
+
+    #[test]
+    fn host_names_and_ip_addresses_are_accepted() {
+        let long_label = "a".repeat(63);
+        let long_name = [long_label.as_str(); 4].join("."); // 255 characters
+        let max_name = &long_name[2..]; // 253
+        for good in [
+            "localhost",
+            "mqtt.example.com",
+            "MQTT-1.Example.com",
+            "xn--bcher-kva.example",
+            "a",
+            long_label.as_str(),
+            max_name,
+            "*.example.com",
+            "*.mqtt.lan",
+            "10.1.2.3",
+            "::1",
+            "fd00::1",
+            "2001:db8::8883",
+            "::ffff:192.0.2.1",
+        ] {
+            check_host_name(good).unwrap_or_else(|e| panic!("{good:?} refused: {e}"));
+        }
+        let set = DevCertificates::generate(&["*.example.com".into(), "fd00::1".into()], &[], 1);
+        assert!(set.is_ok(), "rcgen refused a checked host");
+    }
+
+    #[test]
+    fn host_names_that_are_urls_ports_or_not_names_are_refused_naming_the_value() {
+        let long_label = "a".repeat(64);
+        let long_name = ["a".repeat(63).as_str(); 4].join(".")[1..].to_string(); // 254
+        for bad in [
+            "",
+            " ",
+            "mqtt.example.com ",
+            "mqtt example.com",
+            "mqtt://mqtt.example.com",
+            "mqtts://mqtt.example.com:8883",
+            "mqtt.example.com:8883",
+            "localhost:1883",
+            "[::1]",
+            "[::1]:8883",
+            "10.1.2.3:8883",
+            "mqtt.example.com/",
+            "-mqtt.example.com",
+            "mqtt-.example.com",
+            "mqtt..example.com",
+            ".example.com",
+            "example.com.",
+            "mqtt_broker.lan",
+            "bröker.lan",
+            long_label.as_str(),
+            long_name.as_str(),
+            "10.1.2.256",
+            "1.2.3",
+            "*",
+            "*.com",
+            "mqtt.*.com",
+            "*mqtt.example.com",
+            "fe80::1%eth0",
+            "1::2::3",
+        ] {
+            let err = check_host_name(bad)
+                .err()
+                .unwrap_or_else(|| panic!("{bad:?} was accepted"));
+            assert!(matches!(err, CertgenError::Host { .. }), "{err}");
+            let msg = err.to_string();
+            assert!(msg.contains(&format!("{bad:?}")), "{msg}");
+            assert!(
+                msg.contains("a DNS name") && msg.contains("an IP address"),
+                "{msg}"
+            );
+            assert!(msg.contains("without scheme or port"), "{msg}");
+            let gen = DevCertificates::generate(&["ok.example".into(), bad.into()], &[], 1);
+            assert!(
+                matches!(gen, Err(CertgenError::Host { .. })),
+                "generate accepted {bad:?}"
+            );
+        }
+        let err = check_host_name("mqtt.example.com:8883")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("port"), "{err}");
+        let err = check_host_name("mqtt://x").unwrap_err().to_string();
+        assert!(err.contains("scheme"), "{err}");
+    }
+
+    /// A file outside the certificate directory that a planted symlink points at.
+    #[cfg(unix)]
+    fn victim(dir: &Path, name: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, "victim\n").unwrap();
+        path
+    }
+
+    #[cfg(unix)]
+    fn is_symlink(path: &Path) -> bool {
+        std::fs::symlink_metadata(path)
+            .map(|m| m.file_type().is_symlink())
+            .unwrap_or(false)
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlink_at_a_final_name_is_refused_without_force_and_replaced_with_force() {
+        use std::os::unix::fs::{symlink, PermissionsExt};
+        let outside = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let target = victim(outside.path(), "target");
+        let link = dir.path().join("ca.key");
+        symlink(&target, &link).unwrap();
+        let set = DevCertificates::generate(&[], &[], 1).unwrap();
+
+        let err = set.write(dir.path(), false).unwrap_err();
+        assert!(
+            matches!(&err, CertgenError::Exists(p) if p == &link),
+            "{err}"
+        );
+        assert!(is_symlink(&link), "the refused run replaced the symlink");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "victim\n");
+        assert!(!dir.path().join("ca.crt").exists(), "the refused run wrote");
+
+        set.write(dir.path(), true).unwrap();
+        let meta = std::fs::symlink_metadata(&link).unwrap();
+        assert!(meta.file_type().is_file(), "ca.key is still a symlink");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read_to_string(&link).unwrap(), set.ca.key_pem);
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "victim\n");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_dangling_symlink_at_a_final_name_is_refused_without_force() {
+        use std::os::unix::fs::symlink;
+        let outside = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let nowhere = outside.path().join("would-receive-the-ca-key");
+        let link = dir.path().join("ca.key");
+        symlink(&nowhere, &link).unwrap();
+        let set = DevCertificates::generate(&[], &[], 1).unwrap();
+        let err = set.write(dir.path(), false).unwrap_err();
+        assert!(
+            matches!(&err, CertgenError::Exists(p) if p == &link),
+            "{err}"
+        );
+        assert!(is_symlink(&link), "the refused run replaced the symlink");
+        assert!(!nowhere.exists(), "the symlink was followed");
+        assert!(!dir.path().join("ca.crt").exists(), "the refused run wrote");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlink_at_the_old_predictable_temp_name_is_never_followed() {
+        use std::os::unix::fs::symlink;
+        let outside = tempfile::tempdir().unwrap();
+        let set = DevCertificates::generate(&[], &["vehicle_01".into()], 1).unwrap();
+        for force in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut planted = Vec::new();
+            for (name, _, _) in set.files() {
+                // The name the old writer used: ".NAME.tmpPID" next to the file.
+                let tmp = dir
+                    .path()
+                    .join(format!(".{name}.tmp{}", std::process::id()));
+                let target = victim(outside.path(), &format!("{name}.{force}"));
+                symlink(&target, &tmp).unwrap();
+                planted.push((name, tmp, target));
+            }
+            set.write(dir.path(), force).unwrap();
+            for (name, tmp, target) in planted {
+                assert_eq!(
+                    std::fs::read_to_string(&target).unwrap(),
+                    "victim\n",
+                    "{name} was written through the planted temp symlink"
+                );
+                assert!(is_symlink(&tmp), "{name}: the planted symlink was moved");
+                let path = dir.path().join(&name);
+                assert!(
+                    std::fs::symlink_metadata(&path)
+                        .unwrap()
+                        .file_type()
+                        .is_file(),
+                    "{name} is not a regular file"
+                );
+            }
+        }
     }
 }

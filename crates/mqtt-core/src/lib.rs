@@ -13,6 +13,7 @@
 #![deny(missing_docs)]
 
 pub mod backoff;
+#[cfg(feature = "certgen")]
 pub mod certgen;
 pub mod connection;
 pub mod message;
