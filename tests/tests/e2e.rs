@@ -1,9 +1,13 @@
 //! End-to-end tests: each starts its own Mosquitto on free loopback ports and runs the real binaries.
 
+mod broker_config;
+mod certgen;
 mod collector;
+mod compose;
 mod connection;
 mod device_sim;
+mod docs;
 mod faults;
 mod harness;
-mod operator_kit;
+mod kit;
 mod security;

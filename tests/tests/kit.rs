@@ -1,0 +1,117 @@
+//! Helpers shared by the operator-kit tests (certgen, broker_config, compose,
+//! docs, demo, tls_guide): the repository root, tools that must be installed,
+//! process output for messages, and the scan of which variables the code reads.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Exit status, stdout and stderr of a finished process, for assertion messages.
+pub fn text(o: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A tool the test cannot do without: a clear failure, never a silent skip.
+pub fn tool(name: &str) -> Command {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "`{name}` is not on PATH: install it (.ci/run does: apt-get install mosquitto mosquitto-clients openssl docker-compose)"
+    );
+    Command::new(name)
+}
+
+/// `openssl ARGS`; its stdout (fails the test when openssl fails).
+pub fn openssl(args: &[&str]) -> String {
+    let out = tool("openssl").args(args).output().unwrap();
+    assert!(out.status.success(), "openssl {args:?}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Permission bits of a file.
+pub fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+/// Runs `mosquitto_pub` and returns its output.
+pub fn mosquitto_pub(args: &[&str]) -> Output {
+    let mut cmd = tool("mosquitto_pub");
+    cmd.args(args);
+    e2e::run_with_timeout(&mut cmd, Duration::from_secs(15))
+}
+
+/// Variables the sources of `crate_dir` read: a whole string literal of an
+/// upper-case name right after `get(`, `bool(`, `parse(`, `parse::<T>(`,
+/// `seconds(env, `, `var(`, `var_os(` or clap's `env = `. Test modules are left out.
+pub fn vars_read_by(crate_dir: &Path) -> BTreeSet<String> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(&crate_dir.join("src"), &mut files);
+    let mut vars = BTreeSet::new();
+    for f in files {
+        let src = std::fs::read_to_string(&f).unwrap();
+        let src = src.split("#[cfg(test)]").next().unwrap();
+        let mut rest = src;
+        while let Some(i) = rest.find('"') {
+            let after = &rest[i + 1..];
+            let Some(j) = after.find('"') else { break };
+            let lit = &after[..j];
+            let before: String = rest[..i]
+                .chars()
+                .rev()
+                .take(40)
+                .collect::<String>()
+                .chars()
+                .rev()
+                .collect();
+            let before = before.trim_end();
+            let reads = [
+                "get(", "bool(", "parse(", "var(", "var_os(", "env =", "env,",
+            ]
+            .iter()
+            .any(|p| before.ends_with(p))
+                || (before.ends_with(">(") && before.contains("parse::<"));
+            if reads
+                && lit.len() > 2
+                && lit.contains('_')
+                && lit
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+            {
+                vars.insert(lit.to_string());
+            }
+            rest = &after[j + 1..];
+        }
+        if src.contains("from_default_env") {
+            // tracing-subscriber's EnvFilter reads RUST_LOG.
+            vars.insert("RUST_LOG".into());
+        }
+    }
+    vars
+}
