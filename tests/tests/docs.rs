@@ -1,9 +1,429 @@
-//! Documentation against the code: the env examples list exactly the variables
-//! the binaries read, and the troubleshooting table quotes real messages.
+//! Documentation against the code: nothing points outside the repository, the
+//! reference (docs/reference.md) names every variable, flag and column, the README
+//! keeps its operator sections, the env examples list exactly the variables the
+//! binaries read, and the troubleshooting table quotes real messages.
 
-use crate::kit::{repo, vars_read_by};
+use crate::kit::{repo, text, tracked_files, vars_read_by};
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::time::Duration;
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(repo().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+/// The text of the section of a Markdown document under the heading that starts
+/// with `heading` (e.g. `## Docker`), up to the next heading of the same or a higher level.
+pub fn section<'a>(doc: &'a str, heading: &str) -> &'a str {
+    let level = heading.chars().take_while(|c| *c == '#').count();
+    let start = doc
+        .lines()
+        .scan(0, |pos, l| {
+            let at = *pos;
+            *pos += l.len() + 1;
+            Some((at, l))
+        })
+        .find(|(_, l)| l.starts_with(heading))
+        .unwrap_or_else(|| panic!("no heading {heading:?}"))
+        .0;
+    let body = &doc[start..];
+    let mut end = body.len();
+    let mut pos = body.find('\n').map_or(body.len(), |i| i + 1);
+    let mut in_code = false;
+    for l in body[pos.min(body.len())..].lines() {
+        if l.starts_with("```") {
+            in_code = !in_code;
+        }
+        let hashes = l.chars().take_while(|c| *c == '#').count();
+        if !in_code && hashes > 0 && hashes <= level && l[hashes..].starts_with(' ') {
+            end = pos;
+            break;
+        }
+        pos += l.len() + 1;
+    }
+    &body[..end.min(body.len())]
+}
+
+/// `s` with every run of whitespace (line breaks, indentation) made one space.
+fn words(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[test]
+fn no_file_in_the_repository_points_outside_it() {
+    // Spelled in two parts so this file does not trip its own check.
+    let outside = format!("..{}", "/shared");
+    let root = repo();
+    let mut files = tracked_files();
+    // Files not committed yet count too.
+    let untracked = std::process::Command::new("git")
+        .args(["ls-files", "--others", "--exclude-standard"])
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    files.extend(
+        String::from_utf8_lossy(&untracked.stdout)
+            .lines()
+            .map(std::path::PathBuf::from),
+    );
+    let mut checked = 0;
+    let mut offenders = Vec::new();
+    for f in files {
+        let ext = f.extension().and_then(|e| e.to_str()).unwrap_or("");
+        if !["md", "rs", "sh", "yml", "yaml", "toml"].contains(&ext) {
+            continue;
+        }
+        let Ok(body) = std::fs::read_to_string(root.join(&f)) else {
+            continue; // deleted in the work tree
+        };
+        checked += 1;
+        for (n, line) in body.lines().enumerate() {
+            if line.contains(&outside) {
+                offenders.push(format!("{}:{}: {line}", f.display(), n + 1));
+            }
+        }
+    }
+    assert!(checked > 50, "only {checked} files checked");
+    assert!(
+        offenders.is_empty(),
+        "these point at a file outside the repository (dead in a clone); use docs/reference.md:\n{}",
+        offenders.join("\n")
+    );
+}
+
+/// Every `CREATE TABLE` of the collector's SQLite store with its column names,
+/// plus any column added later with `ALTER TABLE … ADD COLUMN`.
+fn store_tables() -> Vec<(String, Vec<String>)> {
+    let src = read("crates/collector/src/store.rs");
+    let src = src.split("#[cfg(test)]").next().unwrap();
+    let mut tables: Vec<(String, Vec<String>)> = Vec::new();
+    let mut rest = src;
+    while let Some(i) = rest.find("CREATE TABLE") {
+        let after = &rest[i + "CREATE TABLE".len()..];
+        let open = after.find('(').unwrap();
+        let name = after[..open]
+            .split_whitespace()
+            .last()
+            .unwrap()
+            .trim_matches('"')
+            .to_string();
+        let body = &after[open + 1..];
+        let mut depth = 1;
+        let close = body
+            .char_indices()
+            .find(|(_, c)| {
+                match c {
+                    '(' => depth += 1,
+                    ')' => depth -= 1,
+                    _ => {}
+                }
+                depth == 0
+            })
+            .unwrap()
+            .0;
+        let mut columns = Vec::new();
+        let mut depth = 0;
+        let mut item = String::new();
+        for c in body[..close].chars().chain([',']) {
+            match c {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                ',' if depth == 0 => {
+                    let word = item.split_whitespace().next().unwrap_or("").to_string();
+                    let keyword = ["PRIMARY", "UNIQUE", "FOREIGN", "CHECK", "CONSTRAINT"]
+                        .contains(&word.to_ascii_uppercase().as_str());
+                    if !word.is_empty() && !keyword {
+                        columns.push(word.trim_matches('"').to_string());
+                    }
+                    item.clear();
+                    continue;
+                }
+                _ => {}
+            }
+            item.push(c);
+        }
+        tables.push((name, columns));
+        rest = &body[close..];
+    }
+    let mut rest = src;
+    while let Some(i) = rest.find("ALTER TABLE") {
+        let words: Vec<&str> = rest[i..].split_whitespace().take(6).collect();
+        if words.len() == 6 && words[3] == "ADD" && words[4] == "COLUMN" {
+            let (table, column) = (
+                words[2],
+                words[5].trim_matches(|c: char| !c.is_alphanumeric() && c != '_'),
+            );
+            if let Some(t) = tables.iter_mut().find(|(n, _)| n == table) {
+                if !t.1.iter().any(|c| c == column) {
+                    t.1.push(column.to_string());
+                }
+            }
+        }
+        rest = &rest[i + 1..];
+    }
+    tables
+}
+
+#[test]
+fn reference_names_every_variable_flag_table_and_column() {
+    let root = repo();
+    let reference = read("docs/reference.md");
+    let readme = read("README.md");
+    assert!(
+        readme.contains("](docs/reference.md)"),
+        "README.md does not link docs/reference.md"
+    );
+
+    // Variables: everything any binary reads.
+    let mut vars = BTreeSet::new();
+    for krate in ["mqtt-core", "collector", "device-sim"] {
+        vars.extend(vars_read_by(&root.join("crates").join(krate)));
+    }
+    for must in [
+        "COLLECTOR_DB",
+        "MQTT_TOPICS",
+        "MQTT_BROKER_HOST",
+        "RUST_LOG",
+    ] {
+        assert!(
+            vars.contains(must),
+            "the scan no longer finds {must}: {vars:?}"
+        );
+    }
+    let missing: Vec<_> = vars
+        .iter()
+        .filter(|v| !reference.contains(&format!("`{v}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/reference.md does not name these variables the code reads: {missing:?}"
+    );
+    // The ready file is part of the interface even before the scan can see it.
+    assert!(reference.contains("`COLLECTOR_READY_FILE`") && reference.contains("`--ready-file"));
+
+    // Flags: every long option each command's --help lists.
+    for (bin, args) in [
+        ("collector", &[][..]),
+        ("collector", &["stats"][..]),
+        ("collector", &["certgen"][..]),
+        ("device-sim", &[][..]),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = e2e::command(bin, dir.path(), &[]);
+        cmd.args(args).arg("--help");
+        let out = e2e::run_with_timeout(&mut cmd, Duration::from_secs(30));
+        assert!(
+            out.status.success(),
+            "{bin} {args:?} --help: {}",
+            text(&out)
+        );
+        let help = String::from_utf8_lossy(&out.stdout);
+        let flags: BTreeSet<&str> = help
+            .split(|c: char| c.is_whitespace() || c == ',' || c == '[' || c == '=')
+            .filter(|w| w.starts_with("--") && w.len() > 2)
+            .map(|w| w.trim_end_matches(|c: char| !c.is_ascii_alphanumeric()))
+            .collect();
+        assert!(flags.contains("--help"), "{help}");
+        let heading = format!(
+            "### `{bin}{}`",
+            args.iter().map(|a| format!(" {a}")).collect::<String>()
+        );
+        let part = section(&reference, &heading);
+        for flag in flags {
+            assert!(
+                part.contains(&format!("`{flag}")),
+                "docs/reference.md, section {heading}, does not describe {flag} of `{bin} {}`",
+                args.join(" ")
+            );
+        }
+    }
+
+    // Tables and columns: each table has its own section naming every column.
+    let tables = store_tables();
+    let names: Vec<&str> = tables.iter().map(|(n, _)| n.as_str()).collect();
+    for want in ["telemetry", "rejected", "counters"] {
+        assert!(
+            names.contains(&want),
+            "store.rs has no table {want}: {names:?}"
+        );
+    }
+    for (table, columns) in &tables {
+        assert!(
+            columns.len() >= 2,
+            "{table}: columns not found: {columns:?}"
+        );
+        let part = section(&reference, &format!("### Table `{table}`"));
+        for c in columns {
+            assert!(
+                part.contains(&format!("| `{c}` |")),
+                "docs/reference.md, table `{table}`, does not describe column `{c}`"
+            );
+        }
+    }
+    for topic in ["device/data/{device_id}", "vehicle/speed/{device_id}"] {
+        assert!(
+            reference.contains(topic),
+            "the reference does not name {topic}"
+        );
+    }
+    // The duplicate rules, including the one for messages without seq.
+    let dups = section(&reference, "### 5.4 Duplicates");
+    for rule in [
+        "`(device_id, seq)`",
+        "without `seq`",
+        "same payload bytes",
+        "rejected",
+    ] {
+        assert!(
+            dups.contains(rule),
+            "the duplicate rules do not cover {rule}"
+        );
+    }
+    // Exit codes.
+    let exits = section(&reference, "## 7. Exit codes");
+    for code in ["| `0` |", "| `1` |", "| `2` |", "| `3` |"] {
+        assert!(exits.contains(code), "exit code {code} is not described");
+    }
+    // collector stats, both forms.
+    let stats = section(&reference, "## 6. `collector stats`");
+    for key in [
+        "`total`",
+        "`devices[]`",
+        "`latency`",
+        "`duplicates`",
+        "`rejected`",
+        "`gaps`",
+        "--json",
+    ] {
+        assert!(
+            stats.contains(key),
+            "collector stats: {key} is not described"
+        );
+    }
+}
+
+#[test]
+fn readme_has_prerequisites_data_export_docker_and_dependencies() {
+    let root = repo();
+    let readme = read("README.md");
+    let cargo = read("Cargo.toml");
+
+    // Prerequisites: the workspace's minimum Rust through rustup, and a C compiler.
+    let msrv = cargo
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = "))
+        .expect("rust-version in Cargo.toml")
+        .trim_matches('"');
+    let pre = section(&readme, "## Prerequisites");
+    for needed in [
+        format!("Rust {msrv}"),
+        "rustup".into(),
+        "C compiler".into(),
+        "build-essential".into(),
+        "mosquitto mosquitto-clients".into(),
+    ] {
+        assert!(
+            pre.contains(&needed),
+            "README Prerequisites lacks {needed:?}"
+        );
+    }
+    assert!(
+        pre.lines()
+            .any(|l| l.starts_with("apt-get update && apt-get install -y ")),
+        "README Prerequisites has no apt-get command"
+    );
+
+    // Getting the data out.
+    let out = section(&readme, "## Getting your data out");
+    for needed in [
+        "sqlite3 -header -csv",
+        "json_extract(payload",
+        "collector stats --db",
+        "--json",
+        "PostgreSQL",
+        "InfluxDB",
+        "planned",
+    ] {
+        assert!(out.contains(needed), "README data section lacks {needed:?}");
+    }
+
+    // Docker: the command, and that no engine was available to try it.
+    let docker = section(&readme, "## Docker");
+    for needed in [
+        "docker compose -f docker/docker-compose.yml up --build",
+        "docker-compose",
+        "no Docker\nengine",
+    ] {
+        assert!(
+            words(docker).contains(&words(needed)),
+            "README Docker section lacks {needed:?}"
+        );
+    }
+
+    // Dependencies: every direct dependency of every workspace crate, one line each.
+    let deps_section = section(&readme, "## Dependencies");
+    let mut deps: BTreeSet<String> = BTreeSet::new();
+    let mut manifests = vec![root.join("Cargo.toml"), root.join("tests/Cargo.toml")];
+    for e in std::fs::read_dir(root.join("crates")).unwrap() {
+        let m = e.unwrap().path().join("Cargo.toml");
+        if m.is_file() {
+            manifests.push(m);
+        }
+    }
+    for m in &manifests {
+        let body = std::fs::read_to_string(m).unwrap();
+        let mut in_deps = false;
+        for l in body.lines().map(str::trim) {
+            if l.starts_with('[') {
+                in_deps = l.ends_with("dependencies]");
+                continue;
+            }
+            if !in_deps || l.is_empty() || l.starts_with('#') {
+                continue;
+            }
+            let key = l.split(['=', '.']).next().unwrap().trim().to_string();
+            // A renamed dependency is known by its package name too.
+            let package = l
+                .split("package = \"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .map(str::to_string);
+            deps.insert(package.unwrap_or(key));
+        }
+    }
+    assert!(deps.len() > 15, "dependencies not found: {deps:?}");
+    let undocumented: Vec<_> = deps
+        .iter()
+        .filter(|d| !deps_section.contains(&format!("`{d}`")))
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "README Dependencies does not explain {undocumented:?}"
+    );
+    let advisory = "we parse PEM with `rustls-pki-types` because rustls-pemfile is unmaintained (RUSTSEC-2025-0134)";
+    assert!(
+        words(deps_section).contains(advisory),
+        "README Dependencies must say why rustls-pemfile is not used"
+    );
+    let pki_line = cargo
+        .lines()
+        .position(|l| l.starts_with("rustls-pki-types ="))
+        .expect("rustls-pki-types in [workspace.dependencies]");
+    let comment: String = cargo.lines().collect::<Vec<_>>()[..pki_line]
+        .iter()
+        .rev()
+        .take_while(|l| l.starts_with('#'))
+        .map(|l| l.trim_start_matches('#').trim())
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        comment.contains("rustls-pemfile") && words(&comment).contains(advisory),
+        "the root Cargo.toml has no comment above rustls-pki-types saying why: {comment:?}"
+    );
+}
 
 /// `KEY` of every `KEY=value` or `# KEY=value` line of an env file.
 fn env_file_vars(path: &Path) -> BTreeSet<String> {

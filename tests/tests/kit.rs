@@ -115,3 +115,18 @@ pub fn vars_read_by(crate_dir: &Path) -> BTreeSet<String> {
     }
     vars
 }
+
+/// The files git tracks in the repository, relative to its root.
+pub fn tracked_files() -> Vec<PathBuf> {
+    let out = Command::new("git")
+        .args(["ls-files", "-z"])
+        .current_dir(repo())
+        .output()
+        .expect("git is installed");
+    assert!(out.status.success(), "git ls-files: {}", text(&out));
+    out.stdout
+        .split(|b| *b == 0)
+        .filter(|p| !p.is_empty())
+        .map(|p| PathBuf::from(String::from_utf8_lossy(p).into_owned()))
+        .collect()
+}
