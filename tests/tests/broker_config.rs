@@ -298,7 +298,7 @@ fn shipped_conf(t: &Path, plain: u16, tls: u16) -> String {
         .replace("listener 1883\n", &format!("listener {plain} 127.0.0.1\n"))
         .replace("listener 8883\n", &format!("listener {tls} 127.0.0.1\n"))
         .replace(
-            "log_dest stdout",
+            "log_dest stderr",
             &format!("log_dest file {}/mosquitto.log", t.display()),
         );
     conf.push('\n');

@@ -141,3 +141,85 @@ fn compose_file_passes_docker_compose_config_and_mounts_only_what_exists() {
         .join("docker/mosquitto/config/certs/.gitignore")
         .is_file());
 }
+
+#[test]
+fn collector_is_healthy_once_subscribed_and_the_images_build_without_buildkit() {
+    let root = repo();
+    // The classic builder (docker-compose 1.29, DOCKER_BUILDKIT=0) knows no `# syntax=`
+    // frontend and no `RUN --mount`.
+    let dockerfile = std::fs::read_to_string(root.join("docker/Dockerfile")).unwrap();
+    for (n, line) in dockerfile.lines().enumerate() {
+        let squeezed: String = line.chars().filter(|c| !c.is_whitespace()).collect();
+        assert!(
+            !squeezed.to_ascii_lowercase().starts_with("#syntax="),
+            "docker/Dockerfile:{}: a `# syntax=` line fetches a frontend from a registry: {line}",
+            n + 1
+        );
+        assert!(
+            !line.contains("--mount"),
+            "docker/Dockerfile:{}: RUN --mount needs BuildKit: {line}",
+            n + 1
+        );
+    }
+    assert!(
+        dockerfile.contains("RUN cargo build --release --locked"),
+        "the build stage no longer runs cargo build --release --locked"
+    );
+
+    // The broker logs where `docker logs` reads.
+    let conf =
+        std::fs::read_to_string(root.join("docker/mosquitto/config/mosquitto.conf")).unwrap();
+    let dests: Vec<&str> = conf
+        .lines()
+        .filter(|l| l.starts_with("log_dest "))
+        .collect();
+    assert_eq!(dests, ["log_dest stderr"], "mosquitto.conf log_dest");
+
+    // The collector's health check tests the ready file the collector is told to write.
+    let config = compose_config();
+    let collector = service(&config, "collector");
+    let command = list(&collector, "command");
+    let ready = command
+        .iter()
+        .position(|a| *a == "--ready-file")
+        .map(|i| command[i + 1])
+        .or_else(|| {
+            collector
+                .iter()
+                .find_map(|l| l.trim().strip_prefix("COLLECTOR_READY_FILE: "))
+        })
+        .unwrap_or_else(|| panic!("the collector is given no ready file: {command:?}"));
+    assert!(ready.starts_with('/'), "{ready}");
+    let test = list(&collector, "test");
+    assert_eq!(
+        test,
+        ["CMD", "test", "-f", ready],
+        "the collector's health check is not its ready file:\n{}",
+        collector.join("\n")
+    );
+    // The file's directory is a volume of the collector (writable by its user).
+    let volumes = list(&collector, "volumes");
+    let dir = std::path::Path::new(ready).parent().unwrap();
+    assert!(
+        volumes.iter().any(
+            |v| v.split(':').nth(1).map(std::path::Path::new) == Some(dir) && !v.ends_with(":ro")
+        ),
+        "{} is not on a writable volume of the collector: {volumes:?}",
+        dir.display()
+    );
+    // The devices wait for that health.
+    let sim = service(&config, "device-sim");
+    let depends = sim
+        .iter()
+        .skip_while(|l| l.trim() != "depends_on:")
+        .take_while(|l| {
+            !l.starts_with("    ") || l.starts_with("      ") || l.trim() == "depends_on:"
+        })
+        .map(|l| l.trim())
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        depends.contains("collector: condition: service_healthy"),
+        "device-sim does not wait for a healthy collector: {depends}"
+    );
+}
