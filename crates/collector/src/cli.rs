@@ -11,15 +11,15 @@ use std::time::Duration;
 /// validates every message, stores it in SQLite and acknowledges it only once it is
 /// committed.
 ///
-/// Connection settings come from MQTT_* variables (process environment over ./.env):
-/// MQTT_BROKER_HOST, MQTT_BROKER_PORT, MQTT_USE_TLS, MQTT_CA_CERTS, MQTT_USERNAME,
-/// MQTT_PASSWORD and more; README.md lists them all, env.example shows a working file.
+/// Connection settings come from MQTT_* variables (process environment over ./.env),
+/// listed below; docs/reference.md describes each, env.example shows a working file.
 #[derive(Debug, Parser)]
 #[command(
     name = "collector",
     version,
     about,
     long_about,
+    after_help = after_help(),
     args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
@@ -64,6 +64,33 @@ pub struct RunArgs {
     /// How often to log a status line
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub status_interval: Duration,
+    /// Create this file while the broker has confirmed the subscriptions on a live connection, and remove it otherwise: start devices once it exists, or use it as a healthcheck [env: COLLECTOR_READY_FILE]
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
+}
+
+/// Variables the collector reads besides the connection's `MQTT_*` ones.
+pub const VARIABLES: &[&str] = &["MQTT_TOPICS", "COLLECTOR_DB", "COLLECTOR_READY_FILE"];
+
+/// The end of `--help`: every variable, the exit codes, logging.
+pub fn after_help() -> String {
+    mqtt_core::help::after_help(&[
+        (
+            "MQTT_TOPICS",
+            "topic filters, comma separated (--topic wins) [device/data/+,vehicle/speed/+]",
+        ),
+        ("COLLECTOR_DB", "SQLite database (--db wins) [collector.db]"),
+        (
+            "COLLECTOR_READY_FILE",
+            "readiness file (--ready-file wins) [none]",
+        ),
+    ])
+}
+
+/// The readiness file: the flag, else `COLLECTOR_READY_FILE`.
+pub fn ready_file(flag: Option<&PathBuf>, env: &Env) -> Option<PathBuf> {
+    flag.cloned()
+        .or_else(|| env.get("COLLECTOR_READY_FILE").map(PathBuf::from))
 }
 
 /// `--sync` values.
@@ -144,6 +171,20 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn help_lists_every_variable_the_exit_codes_and_rust_log() {
+        let help = Cli::command().render_help().to_string();
+        for var in mqtt_core::settings::VARIABLES.iter().chain(VARIABLES) {
+            assert!(help.contains(var), "{var} missing from --help:\n{help}");
+        }
+        for needle in ["RUST_LOG", "Exit codes", "0 ", "1 ", "2 ", "3 "] {
+            assert!(
+                help.contains(needle),
+                "{needle:?} missing from --help:\n{help}"
+            );
+        }
     }
 
     #[test]

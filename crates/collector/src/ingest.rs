@@ -12,6 +12,7 @@
 //! a packet id belongs to one connection, and the broker sends those messages again
 //! on the resumed session, where the unique `(device_id, seq)` index absorbs them.
 
+use crate::ready::ReadyFile;
 use crate::stats::percentiles;
 use crate::store::{Record, RejectedRow, StoreError, StoreWorker, TelemetryRow, WriteOutcome};
 use crate::validate::validate;
@@ -39,6 +40,8 @@ pub struct IngestConfig {
     pub max_payload: usize,
     /// How often the status line is logged.
     pub status_interval: Duration,
+    /// Present while the subscription is confirmed on a live connection.
+    pub ready_file: Option<std::path::PathBuf>,
 }
 
 /// Why the run loop ended with a failure.
@@ -53,6 +56,9 @@ pub enum IngestError {
     /// The connection task stopped on its own (it should never).
     #[error("the MQTT connection task ended unexpectedly")]
     ConnectionGone,
+    /// The readiness file cannot be replaced.
+    #[error("cannot remove the readiness file {0}; check --ready-file (COLLECTOR_READY_FILE) and its directory")]
+    ReadyFile(String),
 }
 
 /// Enough of a received publish to acknowledge it later.
@@ -133,8 +139,18 @@ pub async fn run(
         batch_size = cfg.batch_size,
         "collector starting"
     );
+    let ready = ReadyFile::new(cfg.ready_file.clone()).map_err(|e| {
+        IngestError::ReadyFile(format!(
+            "{}: {e}",
+            cfg.ready_file
+                .as_deref()
+                .unwrap_or_else(|| std::path::Path::new(""))
+                .display()
+        ))
+    })?;
     let mut conn = spawn_connection(settings, opts, cancel.clone());
     let mut ingest = Ingest {
+        ready,
         cfg,
         client: conn.client.clone(),
         store,
@@ -147,6 +163,8 @@ pub async fn run(
     };
 
     let outcome = ingest.read_loop(&mut conn.events, &cancel).await;
+    // Leaving: devices must not be told to start on our account any more.
+    ingest.ready.set(false);
     let outcome = match outcome {
         Ok(()) => ingest.drain().await.map_err(IngestError::from),
         Err(IngestError::Store(e)) => {
@@ -178,6 +196,7 @@ pub async fn run(
 }
 
 struct Ingest {
+    ready: ReadyFile,
     cfg: IngestConfig,
     client: AsyncClient,
     store: StoreWorker,
@@ -237,10 +256,12 @@ impl Ingest {
             ConnectionEvent::Message(p) => self.on_message(p),
             ConnectionEvent::Connected { session_present } => {
                 if !session_present {
-                    info!("the broker holds no session for this client id yet (first start, or it lost its state): subscribing anew");
+                    info!("the broker holds no session for this client id yet: subscribing");
                 }
             }
+            ConnectionEvent::Subscribed => self.ready.set(true),
             ConnectionEvent::Disconnected { reason, resume } => {
+                self.ready.set(false);
                 self.epoch += 1;
                 let unacked = self.open.len() + self.in_flight.as_ref().map_or(0, |f| f.size);
                 if unacked > 0 {

@@ -4,6 +4,7 @@
 mod certgen;
 mod cli;
 mod ingest;
+mod ready;
 mod stats;
 mod store;
 mod validate;
@@ -16,14 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    mqtt_core::help::init_logging();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -105,6 +99,9 @@ fn run_command(args: RunArgs) -> i32 {
             return exit::CONFIG;
         }
     };
+    let mut known: Vec<&'static str> = mqtt_core::settings::VARIABLES.to_vec();
+    known.extend(cli::VARIABLES);
+    mqtt_core::settings::warn_unknown_variables(&env, &["MQTT_", "COLLECTOR_"], &known);
     let settings = match Settings::from_env(&env) {
         Ok(s) => s,
         Err(e) => {
@@ -147,6 +144,7 @@ fn run_command(args: RunArgs) -> i32 {
         status_interval: args
             .status_interval
             .max(std::time::Duration::from_millis(100)),
+        ready_file: cli::ready_file(args.ready_file.as_ref(), &env),
     };
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()

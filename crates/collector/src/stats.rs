@@ -306,16 +306,19 @@ mod tests {
             batch.push(row("b", Some(seq), 200.0, 200.002));
         }
         batch.push(row("c", None, 300.0, 300.001));
-        for reason in [
+        for (i, reason) in [
             "not a JSON object",
             "not a JSON object",
             "payload exceeds 262144 bytes",
-        ] {
+        ]
+        .into_iter()
+        .enumerate()
+        {
             batch.push(Record::Rejected(RejectedRow {
                 topic: "device/data/x".into(),
                 receive_ts: 1.0,
                 reason: reason.into(),
-                payload: Vec::new(),
+                payload: vec![i as u8],
             }));
         }
         store.write_batch(&batch).unwrap();

@@ -104,21 +104,23 @@ pub enum SyncMode {
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS telemetry (
-    id         INTEGER PRIMARY KEY,
-    device_id  TEXT NOT NULL,
-    seq        INTEGER,
-    topic      TEXT NOT NULL,
-    publish_ts REAL,
-    receive_ts REAL NOT NULL,
-    payload    TEXT NOT NULL
+    id           INTEGER PRIMARY KEY,
+    device_id    TEXT NOT NULL,
+    seq          INTEGER,
+    topic        TEXT NOT NULL,
+    publish_ts   REAL,
+    receive_ts   REAL NOT NULL,
+    payload      TEXT NOT NULL,
+    payload_hash BLOB
 );
 CREATE UNIQUE INDEX IF NOT EXISTS telemetry_device_seq ON telemetry (device_id, seq);
 CREATE TABLE IF NOT EXISTS rejected (
-    id         INTEGER PRIMARY KEY,
-    topic      TEXT,
-    receive_ts REAL,
-    reason     TEXT,
-    payload    BLOB
+    id           INTEGER PRIMARY KEY,
+    topic        TEXT,
+    receive_ts   REAL,
+    reason       TEXT,
+    payload      BLOB,
+    payload_hash BLOB
 );
 CREATE TABLE IF NOT EXISTS counters (
     name  TEXT PRIMARY KEY,
@@ -126,6 +128,90 @@ CREATE TABLE IF NOT EXISTS counters (
 );
 INSERT OR IGNORE INTO counters (name, value) VALUES ('duplicates', 0);
 ";
+
+/// The keys of the messages that have no `(device_id, seq)`: a seq-less reading
+/// is the same message when its device already has a row with the same payload
+/// bytes; a rejected one when its topic already has a rejected row with the same
+/// payload bytes. `payload_hash` is the SHA-256 of those bytes (NULL on rows that
+/// have a `seq`). Created after [`migrate`] has added the column to older files.
+const HASH_INDEXES: &str = "
+CREATE UNIQUE INDEX IF NOT EXISTS telemetry_device_payload
+    ON telemetry (device_id, payload_hash) WHERE seq IS NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS rejected_topic_payload ON rejected (topic, payload_hash);
+";
+
+/// SHA-256 of a payload: the dedup key of messages without `seq`.
+pub fn payload_hash(payload: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, payload)
+        .as_ref()
+        .to_vec()
+}
+
+/// Brings a database of an earlier version up to [`SCHEMA`] in place, inside the
+/// caller's transaction: adds `payload_hash`, fills it, and folds the repeated
+/// rows that the missing key let in (counted as duplicates, the first row kept).
+fn migrate(conn: &Connection) -> rusqlite::Result<usize> {
+    let mut folded = 0;
+    for (table, rows_needing_hash, same_key) in [
+        (
+            "telemetry",
+            "SELECT id, payload FROM telemetry WHERE seq IS NULL AND payload_hash IS NULL",
+            "DELETE FROM telemetry WHERE seq IS NULL AND id NOT IN \
+             (SELECT min(id) FROM telemetry WHERE seq IS NULL GROUP BY device_id, payload_hash)",
+        ),
+        (
+            "rejected",
+            "SELECT id, payload FROM rejected WHERE payload_hash IS NULL",
+            "DELETE FROM rejected WHERE id NOT IN \
+             (SELECT min(id) FROM rejected GROUP BY topic, payload_hash)",
+        ),
+    ] {
+        let has_column: bool = conn.query_row(
+            &format!(
+                "SELECT count(*) FROM pragma_table_info('{table}') WHERE name = 'payload_hash'"
+            ),
+            [],
+            |r| r.get::<_, i64>(0).map(|n| n > 0),
+        )?;
+        if has_column {
+            continue;
+        }
+        conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN payload_hash BLOB"))?;
+        let rows: Vec<(i64, Vec<u8>)> = conn
+            .prepare(rows_needing_hash)?
+            .query_map([], |r| {
+                let bytes = match r.get_ref(1)? {
+                    rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
+                        t.to_vec()
+                    }
+                    _ => Vec::new(),
+                };
+                Ok((r.get(0)?, bytes))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut set = conn.prepare(&format!(
+            "UPDATE {table} SET payload_hash = ?1 WHERE id = ?2"
+        ))?;
+        for (id, payload) in &rows {
+            set.execute(params![payload_hash(payload), id])?;
+        }
+        let n = conn.execute(same_key, [])?;
+        if n > 0 {
+            tracing::warn!(
+                "{table}: removed {n} repeated rows that an earlier version stored twice (same payload bytes, \
+                 no seq); they are counted as duplicates"
+            );
+            folded += n;
+        }
+    }
+    if folded > 0 {
+        conn.execute(
+            "UPDATE counters SET value = value + ?1 WHERE name = 'duplicates'",
+            [folded as i64],
+        )?;
+    }
+    Ok(folded)
+}
 
 const TELEMETRY_COLUMNS: &[&str] = &[
     "device_id",
@@ -247,7 +333,11 @@ impl SqliteStore {
         conn.execute_batch(sync_pragma).map_err(sql_err)?;
         check_columns(&conn, "telemetry", TELEMETRY_COLUMNS).map_err(open_err)?;
         check_columns(&conn, "rejected", REJECTED_COLUMNS).map_err(open_err)?;
-        conn.execute_batch(&format!("BEGIN; {SCHEMA} COMMIT;"))
+        conn.execute_batch("BEGIN")
+            .and_then(|()| conn.execute_batch(SCHEMA))
+            .and_then(|()| migrate(&conn))
+            .and_then(|_| conn.execute_batch(HASH_INDEXES))
+            .and_then(|()| conn.execute_batch("COMMIT"))
             .map_err(|e| {
                 let _ = conn.execute_batch("ROLLBACK");
                 if e.to_string().contains("UNIQUE") {
@@ -272,25 +362,39 @@ impl SqliteStore {
         let mut out = WriteOutcome::default();
         {
             let mut insert = tx.prepare_cached(
-                "INSERT OR IGNORE INTO telemetry (device_id, seq, topic, publish_ts, receive_ts, payload)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT OR IGNORE INTO telemetry (device_id, seq, topic, publish_ts, receive_ts, payload, payload_hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             let mut reject = tx.prepare_cached(
-                "INSERT INTO rejected (topic, receive_ts, reason, payload) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT OR IGNORE INTO rejected (topic, receive_ts, reason, payload, payload_hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
+            // A redelivered rejection is a duplicate too (same topic, same bytes).
+            let mut reject = |topic: &str, ts: f64, reason: &str, payload: &[u8]| {
+                reject
+                    .execute(params![topic, ts, reason, payload, payload_hash(payload)])
+                    .map(|n| n > 0)
+            };
             for record in batch {
                 match record {
                     Record::Telemetry(t) => {
+                        let hash = t.seq.is_none().then(|| payload_hash(t.payload.as_bytes()));
                         let n = insert.execute(params![
                             t.device_id,
                             t.seq,
                             t.topic,
                             t.publish_ts,
                             t.receive_ts,
-                            t.payload
+                            t.payload,
+                            hash
                         ])?;
                         if n > 0 {
                             out.stored += 1;
+                            continue;
+                        }
+                        if t.seq.is_none() {
+                            // The same device already sent these very bytes.
+                            out.duplicates += 1;
                             continue;
                         }
                         let stored: Option<String> = tx
@@ -310,19 +414,20 @@ impl SqliteStore {
                                 t.seq.unwrap_or_default(),
                                 t.device_id
                             );
-                            tracing::warn!("{reason}");
-                            reject.execute(params![
-                                t.topic,
-                                t.receive_ts,
-                                reason,
-                                t.payload.as_bytes()
-                            ])?;
-                            out.rejected += 1;
+                            if reject(&t.topic, t.receive_ts, &reason, t.payload.as_bytes())? {
+                                tracing::warn!("{reason}");
+                                out.rejected += 1;
+                            } else {
+                                out.duplicates += 1;
+                            }
                         }
                     }
                     Record::Rejected(r) => {
-                        reject.execute(params![r.topic, r.receive_ts, r.reason, r.payload])?;
-                        out.rejected += 1;
+                        if reject(&r.topic, r.receive_ts, &r.reason, &r.payload)? {
+                            out.rejected += 1;
+                        } else {
+                            out.duplicates += 1;
+                        }
                     }
                 }
             }
@@ -506,7 +611,7 @@ mod tests {
     }
 
     fn count(conn: &Connection, sql: &str) -> i64 {
-        conn.query_row(sql, [], |r| r.get(0)).unwrap()
+        conn.query_row(sql, [], |r| r.get::<_, f64>(0)).unwrap() as i64
     }
 
     #[test]
@@ -529,11 +634,12 @@ mod tests {
                 }),
             ])
             .unwrap();
+        // Without seq, the same device sending the same bytes again is a duplicate.
         assert_eq!(
             out,
             WriteOutcome {
-                stored: 4,
-                duplicates: 1,
+                stored: 3,
+                duplicates: 2,
                 rejected: 1
             }
         );
@@ -546,10 +652,10 @@ mod tests {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
-        assert_eq!(count(&conn, "SELECT count(*) FROM telemetry"), 4);
+        assert_eq!(count(&conn, "SELECT count(*) FROM telemetry"), 3);
         assert_eq!(
             count(&conn, "SELECT value FROM counters WHERE name='duplicates'"),
-            2
+            3
         );
         let blob: Vec<u8> = conn
             .query_row("SELECT payload FROM rejected", [], |r| r.get(0))
@@ -700,5 +806,117 @@ mod tests {
         drop(worker);
         let conn = open_read_only(&path).unwrap();
         assert_eq!(count(&conn, "SELECT count(*) FROM telemetry"), 2);
+    }
+    fn legacy(device: &str, payload: &str, receive_ts: f64) -> Record {
+        Record::Telemetry(TelemetryRow {
+            device_id: device.into(),
+            seq: None,
+            topic: format!("device/data/{device}"),
+            publish_ts: Some(1.0),
+            receive_ts,
+            payload: payload.into(),
+        })
+    }
+
+    #[test]
+    fn seq_less_messages_and_rejections_are_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let mut store = SqliteStore::open(&path, SyncMode::Normal).unwrap();
+        let retained = r#"{"device_id":"v1","timestamp":1.0,"speed":3}"#;
+        let bad = Record::Rejected(RejectedRow {
+            topic: "device/data/v1".into(),
+            receive_ts: 2.0,
+            reason: "not a JSON object".into(),
+            payload: b"oops".to_vec(),
+        });
+        // A retained message sent again at each of six collector starts.
+        for start in 0..6 {
+            let out = store
+                .write_batch(&[legacy("v1", retained, start as f64), bad.clone()])
+                .unwrap();
+            let want = if start == 0 {
+                WriteOutcome {
+                    stored: 1,
+                    duplicates: 0,
+                    rejected: 1,
+                }
+            } else {
+                WriteOutcome {
+                    stored: 0,
+                    duplicates: 2,
+                    rejected: 0,
+                }
+            };
+            assert_eq!(out, want, "start {start}");
+        }
+        // Another device, or other bytes, are other messages.
+        let out = store
+            .write_batch(&[
+                legacy("v2", retained, 9.0),
+                legacy("v1", r#"{"device_id":"v1","timestamp":2.0,"speed":3}"#, 9.0),
+            ])
+            .unwrap();
+        assert_eq!(out.stored, 2);
+        drop(store);
+        let conn = Connection::open(&path).unwrap();
+        assert_eq!(count(&conn, "SELECT count(*) FROM telemetry"), 3);
+        assert_eq!(count(&conn, "SELECT count(*) FROM rejected"), 1);
+        assert_eq!(
+            count(&conn, "SELECT value FROM counters WHERE name='duplicates'"),
+            10
+        );
+    }
+
+    #[test]
+    fn an_older_database_is_migrated_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            // The schema of the previous version, with the repeats it let in.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE telemetry (id INTEGER PRIMARY KEY, device_id TEXT NOT NULL, seq INTEGER,
+                     topic TEXT NOT NULL, publish_ts REAL, receive_ts REAL NOT NULL, payload TEXT NOT NULL);
+                 CREATE UNIQUE INDEX telemetry_device_seq ON telemetry (device_id, seq);
+                 CREATE TABLE rejected (id INTEGER PRIMARY KEY, topic TEXT, receive_ts REAL, reason TEXT, payload BLOB);
+                 CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+                 INSERT INTO counters VALUES ('duplicates', 5);
+                 INSERT INTO telemetry (device_id, seq, topic, receive_ts, payload) VALUES
+                     ('v1', NULL, 't/v1', 1, '{\"a\":1}'), ('v1', NULL, 't/v1', 2, '{\"a\":1}'),
+                     ('v1', NULL, 't/v1', 3, '{\"a\":1}'), ('v1', NULL, 't/v1', 4, '{\"a\":2}'),
+                     ('v1', 1, 't/v1', 5, '{\"a\":1}'), ('v2', NULL, 't/v2', 6, '{\"a\":1}');
+                 INSERT INTO rejected (topic, receive_ts, reason, payload) VALUES
+                     ('t/x', 1, 'bad', X'FF'), ('t/x', 2, 'bad', X'FF'), ('t/y', 3, 'bad', X'FF');",
+            )
+            .unwrap();
+        }
+        let mut store = SqliteStore::open(&path, SyncMode::Normal).unwrap();
+        let out = store
+            .write_batch(&[legacy("v1", r#"{"a":2}"#, 7.0)])
+            .unwrap();
+        assert_eq!(
+            out.duplicates, 1,
+            "the key holds for rows of the old version"
+        );
+        drop(store);
+        let conn = Connection::open(&path).unwrap();
+        assert_eq!(count(&conn, "SELECT count(*) FROM telemetry"), 4);
+        assert_eq!(
+            count(&conn, "SELECT min(receive_ts) FROM telemetry WHERE payload = '{\"a\":1}' AND seq IS NULL AND device_id = 'v1'"),
+            1,
+            "the first row is the one kept"
+        );
+        assert_eq!(count(&conn, "SELECT count(*) FROM rejected"), 2);
+        // 5 before, 2 + 1 folded repeats, 1 new duplicate.
+        assert_eq!(
+            count(&conn, "SELECT value FROM counters WHERE name='duplicates'"),
+            9
+        );
+        // Opening again changes nothing.
+        drop(conn);
+        drop(SqliteStore::open(&path, SyncMode::Normal).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        assert_eq!(count(&conn, "SELECT count(*) FROM telemetry"), 4);
     }
 }

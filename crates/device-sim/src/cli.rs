@@ -15,9 +15,9 @@ use std::time::Duration;
 /// simulator is stopped: the next run delivers the rest first.
 ///
 /// Connection settings (broker, TLS, user name, ...) come from MQTT_* variables in
-/// the environment or in ./.env; see README.md.
+/// the environment or in ./.env, listed below; docs/reference.md describes each.
 #[derive(Debug, Parser)]
-#[command(name = "device-sim", version, about, long_about)]
+#[command(name = "device-sim", version, about, long_about, after_help = mqtt_core::help::after_help(&[]))]
 pub struct Cli {
     #[command(flatten)]
     pub connection: ConnectionArgs,
@@ -87,10 +87,12 @@ fn positive_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn positive_rate(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+    // Below one connection in 1000 s the ramp would outlast any run; above a
+    // million per second it is no ramp at all.
+    match s.trim().parse::<f64>() {
+        Ok(r) if (0.001..=1_000_000.0).contains(&r) => Ok(r),
         _ => Err(format!(
-            "{s:?} is not a positive number of connections per second"
+            "{s:?} is not a number of connections per second from 0.001 to 1000000"
         )),
     }
 }
@@ -103,6 +105,20 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn help_lists_every_variable_the_exit_codes_and_rust_log() {
+        let help = Cli::command().render_help().to_string();
+        for var in mqtt_core::settings::VARIABLES {
+            assert!(help.contains(var), "{var} missing from --help:\n{help}");
+        }
+        for needle in ["RUST_LOG", "Exit codes", "3  permanent"] {
+            assert!(
+                help.contains(needle),
+                "{needle:?} missing from --help:\n{help}"
+            );
+        }
     }
 
     #[test]
@@ -123,6 +139,9 @@ mod tests {
             &["device-sim", "--interval", "0s"],
             &["device-sim", "--interval", "soon"],
             &["device-sim", "--connect-rate", "-1"],
+            &["device-sim", "--connect-rate", "1e-300"],
+            &["device-sim", "--interval", "99999999999999999h"],
+            &["device-sim", "--duration", "99999999999999999h"],
             &["device-sim", "--window", "1000"],
             &["device-sim", "--queue-limit", "0"],
         ] {

@@ -275,6 +275,8 @@ impl Device {
         opts.request_capacity = window + 2;
         opts.inflight = (window + 2) as u16;
         opts.max_incoming_packet = 64 * 1024;
+        // Failures of all devices are reported together, once per status line.
+        opts.quiet_failures = true;
         let leave = ctx.stop.child_token();
         let mut conn = spawn_connection(&ctx.settings, opts, leave.clone());
         let mut ticker = tokio::time::interval(cfg.interval);
@@ -348,7 +350,8 @@ impl Device {
                 }
                 self.ever_connected = true;
             }
-            ConnectionEvent::Disconnected { resume, .. } => {
+            ConnectionEvent::Disconnected { resume, reason } => {
+                ctx.stats.failures.record(self.idx, &reason);
                 if self.connected {
                     self.connected = false;
                     ctx.stats.connected.fetch_sub(1, Relaxed);
@@ -369,7 +372,7 @@ impl Device {
                 ctx.stop.cancel();
                 return false;
             }
-            ConnectionEvent::Message(_) => {}
+            ConnectionEvent::Message(_) | ConnectionEvent::Subscribed => {}
         }
         true
     }

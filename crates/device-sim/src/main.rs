@@ -10,24 +10,21 @@ mod vehicle;
 
 use clap::Parser;
 use mqtt_core::{exit, Settings};
-use std::io::IsTerminal;
 use tokio_util::sync::CancellationToken;
 
 fn main() {
     let cli = cli::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    mqtt_core::help::init_logging();
     std::process::exit(run(cli));
 }
 
 fn run(cli: cli::Cli) -> i32 {
     let settings = match cli.connection.env().and_then(|env| {
+        mqtt_core::settings::warn_unknown_variables(
+            &env,
+            &["MQTT_", "DEVICE_SIM_"],
+            mqtt_core::settings::VARIABLES,
+        );
         if env.get("MQTT_CLIENT_ID").is_some() {
             tracing::warn!("MQTT_CLIENT_ID is ignored by device-sim: each device connects with its device id as client id");
         }
@@ -35,7 +32,7 @@ fn run(cli: cli::Cli) -> i32 {
     }) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: {e}");
+            tracing::error!("{e}");
             return exit::CONFIG;
         }
     };
@@ -56,7 +53,7 @@ fn run(cli: cli::Cli) -> i32 {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            tracing::error!("cannot start the async runtime: {e}");
             return exit::FAILURE;
         }
     };
@@ -70,7 +67,7 @@ fn run(cli: cli::Cli) -> i32 {
     match outcome {
         Ok(_) => exit::OK,
         Err(e) => {
-            eprintln!("error: {e}");
+            tracing::error!("{e}");
             match e {
                 fleet::FleetError::Permanent(_) => exit::PERMANENT,
                 fleet::FleetError::Config(_) => exit::CONFIG,

@@ -1,6 +1,7 @@
 //! What the operator sees: fleet-wide counters, a status line every few seconds
 //! (a live line on a terminal, plain log lines otherwise) and the summary at the end.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -29,6 +30,49 @@ pub struct Stats {
     pub reconnects: AtomicU64,
     /// Readings skipped because the queue writer was behind.
     pub skipped: AtomicU64,
+    /// Failed connection attempts since the last status line, reported together.
+    pub failures: Failures,
+}
+
+/// Failed connection attempts, grouped by reason: with many devices and no broker,
+/// one line per status interval instead of a warning per device per attempt.
+#[derive(Debug, Default)]
+pub struct Failures(std::sync::Mutex<BTreeMap<String, (u64, BTreeSet<u32>)>>);
+
+impl Failures {
+    /// Device `idx` lost its connection, or an attempt failed, for `reason`.
+    pub fn record(&self, idx: u32, reason: &str) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = map.entry(reason.to_string()).or_default();
+        entry.0 += 1;
+        entry.1.insert(idx);
+    }
+
+    /// The line for what was recorded since the last call, if anything was.
+    pub fn take_line(&self, elapsed: Duration) -> Option<String> {
+        let map = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        if map.is_empty() {
+            return None;
+        }
+        let attempts: u64 = map.values().map(|(n, _)| n).sum();
+        let devices: BTreeSet<u32> = map.values().flat_map(|(_, d)| d.iter().copied()).collect();
+        let mut reasons: Vec<(String, u64)> = map.into_iter().map(|(r, (n, _))| (r, n)).collect();
+        reasons.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let shown = reasons.len().min(3);
+        let mut text = reasons[..shown]
+            .iter()
+            .map(|(r, n)| format!("{r} ({n}x)"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        if reasons.len() > shown {
+            text.push_str(&format!("; and {} other reasons", reasons.len() - shown));
+        }
+        Some(format!(
+            "{attempts} connection attempts of {} devices failed in the last {:.0}s, retrying with backoff: {text}",
+            devices.len(),
+            elapsed.as_secs_f64()
+        ))
+    }
 }
 
 /// A point-in-time copy of [`Stats`].
@@ -128,6 +172,13 @@ pub async fn report(stats: std::sync::Arc<Stats>, every: Duration, done: Cancell
         }
         let now = stats.snapshot();
         let line = status_line(&now, &before, at.elapsed());
+        if let Some(failed) = stats.failures.take_line(at.elapsed()) {
+            if live {
+                // Clear the live line so the warning starts on a clean one.
+                eprint!("\r\x1b[2K");
+            }
+            tracing::warn!("{failed}");
+        }
         if live {
             // \r and "erase line": the line updates in place.
             let mut err = std::io::stderr().lock();
@@ -147,6 +198,24 @@ pub async fn report(stats: std::sync::Arc<Stats>, every: Duration, done: Cancell
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failures_make_one_line_per_interval() {
+        let f = Failures::default();
+        assert_eq!(f.take_line(Duration::from_secs(5)), None);
+        for idx in 0..500 {
+            for _ in 0..4 {
+                f.record(idx, "connection refused");
+            }
+        }
+        f.record(7, "timed out");
+        assert_eq!(
+            f.take_line(Duration::from_secs(5)).unwrap(),
+            "2001 connection attempts of 500 devices failed in the last 5s, retrying with backoff: \
+             connection refused (2000x); timed out (1x)"
+        );
+        assert_eq!(f.take_line(Duration::from_secs(5)), None, "taken");
+    }
 
     #[test]
     fn rates_are_per_second_over_the_interval() {

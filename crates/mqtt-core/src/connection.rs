@@ -15,7 +15,7 @@ use rumqttc::{
     QoS, SubscribeFilter, SubscribeReasonCode,
 };
 use rustls::{AlertDescription, CertificateError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -38,6 +38,9 @@ pub struct ConnectionOptions {
     pub max_incoming_packet: usize,
     /// Largest outgoing packet, in bytes.
     pub max_outgoing_packet: usize,
+    /// Log failed attempts at debug level only: an owner of many connections
+    /// (device-sim) reports them together instead of one warning per connection.
+    pub quiet_failures: bool,
 }
 
 impl ConnectionOptions {
@@ -51,6 +54,7 @@ impl ConnectionOptions {
             inflight: 100,
             max_incoming_packet: 1 << 20,
             max_outgoing_packet: 1 << 20,
+            quiet_failures: false,
         }
     }
 }
@@ -72,6 +76,10 @@ pub enum ConnectionEvent {
         /// Drop (or send) once nothing more will be published until `Connected`.
         resume: oneshot::Sender<()>,
     },
+    /// The broker confirmed (SUBACK) every subscription on the current connection,
+    /// or resumed a session in which it had confirmed them. Until this event, messages
+    /// published to the filters may be dropped by the broker.
+    Subscribed,
     /// An incoming publish (acknowledge it with `client.ack()` when `manual_acks`).
     Message(Publish),
     /// A publish was written with this packet id (0 for QoS 0), in request order.
@@ -134,6 +142,14 @@ pub fn spawn_connection(
         client_id: opts.client_id,
         tx,
         cancel,
+        keepalive: settings.keepalive,
+        clean_session: settings.clean_session,
+        quiet: opts.quiet_failures,
+        subscribed: false,
+        suback_due: None,
+        connected_at: None,
+        had_session: false,
+        quick_drops: 0,
     };
     let task = tokio::spawn(async move { driver.run(&mut eventloop).await });
     Connection {
@@ -141,6 +157,15 @@ pub fn spawn_connection(
         events,
         task,
     }
+}
+
+/// A SUBSCRIBE queued on the current connection whose SUBACK has not arrived yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SubackDue {
+    /// Queued, not yet written (its packet id is not known yet).
+    Queued,
+    /// Written with this packet id.
+    Sent(u16),
 }
 
 struct Driver {
@@ -152,14 +177,31 @@ struct Driver {
     client_id: String,
     tx: mpsc::UnboundedSender<ConnectionEvent>,
     cancel: CancellationToken,
+    keepalive: Duration,
+    clean_session: bool,
+    quiet: bool,
+    /// The broker holds our subscriptions: it confirmed them with a SUBACK in the
+    /// session it still has. Only then can nothing published to them be dropped.
+    /// False at start, since a stored session may hold an earlier configuration's filters.
+    subscribed: bool,
+    suback_due: Option<SubackDue>,
+    /// When the current connection was accepted.
+    connected_at: Option<Instant>,
+    /// A CONNACK of this process already opened a persistent session.
+    had_session: bool,
+    /// Connections in a row that the broker closed within a keepalive of accepting them.
+    quick_drops: u32,
+}
+
+/// What happened to one event.
+enum Handled {
+    Continue,
+    /// The connection is finished (DISCONNECT sent, or a permanent failure reported).
+    Finished,
 }
 
 impl Driver {
     async fn run(mut self, el: &mut EventLoop) {
-        // Subscriptions are renewed on every session the broker does not resume, and
-        // also on the first connect of this process, since a stored session may hold
-        // the filters of an earlier configuration.
-        let mut subscribed = false;
         loop {
             let connecting = el.network.is_none();
             let polled = if connecting {
@@ -173,7 +215,7 @@ impl Driver {
             };
             match polled {
                 Ok(event) => {
-                    if !self.handle(event, &mut subscribed) {
+                    if let Handled::Finished = self.handle(event) {
                         return;
                     }
                 }
@@ -183,19 +225,13 @@ impl Driver {
                     // old connection, so the owner must see them before `Disconnected`,
                     // never after the next `Connected`.
                     while let Some(event) = el.state.events.pop_front() {
-                        if !self.handle(event, &mut subscribed) {
+                        if let Handled::Finished = self.handle(event) {
                             return;
                         }
                     }
                     match classify(&e, &self.ctx, connecting) {
                         Failure::Permanent(cause) => {
-                            let failure = PermanentFailure {
-                                broker: self.ctx.broker.clone(),
-                                cause,
-                            };
-                            // The owner reports it; here it is only traced.
-                            debug!(client_id = %self.client_id, "{failure}");
-                            let _ = self.tx.send(ConnectionEvent::Failed(failure));
+                            self.fail(cause);
                             return;
                         }
                         Failure::Transient(reason) => {
@@ -209,22 +245,20 @@ impl Driver {
         }
     }
 
-    /// Passes one event on to the owner; false once the connection is finished.
-    fn handle(&mut self, event: Event, subscribed: &mut bool) -> bool {
+    /// Reports a failure that retrying cannot fix; the owner logs it.
+    fn fail(&self, cause: String) {
+        let failure = PermanentFailure {
+            broker: self.ctx.broker.clone(),
+            cause,
+        };
+        debug!(client_id = %self.client_id, "{failure}");
+        let _ = self.tx.send(ConnectionEvent::Failed(failure));
+    }
+
+    /// Passes one event on to the owner.
+    fn handle(&mut self, event: Event) -> Handled {
         match event {
-            Event::Incoming(Incoming::ConnAck(ack)) => {
-                self.backoff.reset();
-                info!(client_id = %self.client_id, broker = %self.ctx.broker, session_present = ack.session_present, "connected");
-                if !self.subscriptions.is_empty() && (!ack.session_present || !*subscribed) {
-                    if let Err(e) = self.client.try_subscribe_many(self.subscriptions.clone()) {
-                        warn!(client_id = %self.client_id, "cannot queue the subscription: {e}");
-                    }
-                    *subscribed = true;
-                }
-                let _ = self.tx.send(ConnectionEvent::Connected {
-                    session_present: ack.session_present,
-                });
-            }
+            Event::Incoming(Incoming::ConnAck(ack)) => self.on_connack(ack.session_present),
             Event::Incoming(Incoming::Publish(p)) => {
                 let _ = self.tx.send(ConnectionEvent::Message(p));
             }
@@ -234,16 +268,36 @@ impl Driver {
             Event::Incoming(Incoming::PubComp(c)) => {
                 let _ = self.tx.send(ConnectionEvent::Acked(c.pkid));
             }
-            Event::Incoming(Incoming::SubAck(s))
-                if s.return_codes
+            Event::Outgoing(Outgoing::Subscribe(pkid)) => {
+                if self.suback_due == Some(SubackDue::Queued) {
+                    self.suback_due = Some(SubackDue::Sent(pkid));
+                }
+            }
+            Event::Incoming(Incoming::SubAck(s)) => {
+                if self.suback_due != Some(SubackDue::Sent(s.pkid)) {
+                    return Handled::Continue;
+                }
+                self.suback_due = None;
+                let refused: Vec<&str> = self
+                    .subscriptions
                     .iter()
-                    .any(|c| matches!(c, SubscribeReasonCode::Failure)) =>
-            {
-                warn!(
-                    client_id = %self.client_id,
-                    "the broker refused a subscription ({:?}): check the ACL for this user",
-                    self.subscriptions.iter().map(|f| &f.path).collect::<Vec<_>>()
-                );
+                    .zip(&s.return_codes)
+                    .filter(|(_, c)| matches!(c, SubscribeReasonCode::Failure))
+                    .map(|(f, _)| f.path.as_str())
+                    .collect();
+                if !refused.is_empty() {
+                    self.fail(format!(
+                        "the broker refused the subscription to {}{}: the broker's ACL does not let this user read {}; \
+                         grant read access in the ACL or change the topic filters (--topic, MQTT_TOPICS)",
+                        refused.iter().map(|f| format!("{f:?}")).collect::<Vec<_>>().join(", "),
+                        self.ctx.user_phrase(),
+                        if refused.len() == 1 { "it" } else { "them" },
+                    ));
+                    return Handled::Finished;
+                }
+                self.subscribed = true;
+                info!(client_id = %self.client_id, filters = ?self.filter_names(), "subscribed: the broker confirmed every subscription");
+                let _ = self.tx.send(ConnectionEvent::Subscribed);
             }
             Event::Outgoing(Outgoing::Publish(pkid)) => {
                 let pkid = if self.qos == QoS::AtMostOnce { 0 } else { pkid };
@@ -251,16 +305,53 @@ impl Driver {
             }
             Event::Outgoing(Outgoing::Disconnect) => {
                 debug!(client_id = %self.client_id, "disconnect sent");
-                return false;
+                return Handled::Finished;
             }
             _ => {}
         }
-        true
+        Handled::Continue
+    }
+
+    fn filter_names(&self) -> Vec<&str> {
+        self.subscriptions.iter().map(|f| f.path.as_str()).collect()
+    }
+
+    fn on_connack(&mut self, session_present: bool) {
+        self.connected_at = Some(Instant::now());
+        info!(client_id = %self.client_id, broker = %self.ctx.broker, session_present, "connected");
+        if !session_present {
+            if self.had_session && !self.clean_session && !self.subscriptions.is_empty() {
+                warn!(
+                    client_id = %self.client_id,
+                    broker = %self.ctx.broker,
+                    "the broker no longer has the session it kept for this client: every message it was holding for us \
+                     while we were away is lost (the broker restarted without persistence, or the session expired); \
+                     `collector stats` shows the gaps; subscribing again"
+                );
+            }
+            self.subscribed = false;
+        }
+        self.had_session |= !self.clean_session;
+        if !self.subscriptions.is_empty() {
+            if self.subscribed {
+                let _ = self.tx.send(ConnectionEvent::Connected { session_present });
+                let _ = self.tx.send(ConnectionEvent::Subscribed);
+                return;
+            }
+            match self.client.try_subscribe_many(self.subscriptions.clone()) {
+                Ok(()) => self.suback_due = Some(SubackDue::Queued),
+                Err(e) => {
+                    warn!(client_id = %self.client_id, "cannot queue the subscription: {e}");
+                }
+            }
+        }
+        let _ = self.tx.send(ConnectionEvent::Connected { session_present });
     }
 
     /// After a transient failure: let the owner stop publishing, make rumqttc
     /// forget its queued requests, wait out the backoff. False when cancelled.
     async fn pause(&mut self, el: &mut EventLoop, reason: String) -> bool {
+        let reason = reason + &self.after_drop();
         let (resume_tx, resume_rx) = oneshot::channel();
         let _ = self.tx.send(ConnectionEvent::Disconnected {
             reason: reason.clone(),
@@ -276,18 +367,47 @@ impl Driver {
         el.pending.clear();
         el.state.events.clear();
         el.state.collision = None;
+        // A SUBSCRIBE without its SUBACK may or may not have reached the broker: renew it.
+        self.suback_due = None;
         let delay = self.backoff.next_delay();
-        warn!(
-            client_id = %self.client_id,
-            broker = %self.ctx.broker,
-            attempt = self.backoff.attempts(),
+        let line = format!(
             "connection failed: {reason}; retrying in {:.1}s",
             delay.as_secs_f64()
         );
+        if self.quiet {
+            debug!(client_id = %self.client_id, broker = %self.ctx.broker, attempt = self.backoff.attempts(), "{line}");
+        } else {
+            warn!(client_id = %self.client_id, broker = %self.ctx.broker, attempt = self.backoff.attempts(), "{line}");
+        }
         tokio::select! {
             _ = tokio::time::sleep(delay) => true,
             _ = self.cancel.cancelled() => false,
         }
+    }
+
+    /// Resets the backoff after a connection that lasted a keepalive interval; counts
+    /// the ones the broker dropped sooner, which is what two clients with one client id
+    /// do to each other (a connect-then-kicked loop must not retry at the minimum delay).
+    fn after_drop(&mut self) -> String {
+        let Some(since) = self.connected_at.take() else {
+            return String::new();
+        };
+        if since.elapsed() >= self.keepalive {
+            self.backoff.reset();
+            self.quick_drops = 0;
+            return String::new();
+        }
+        self.quick_drops += 1;
+        if self.quick_drops < 2 {
+            return String::new();
+        }
+        format!(
+            " ({} times in a row within {}s of being accepted: another client is probably connected with the same client id {:?}, \
+             and each new connection makes the broker drop the older one; give every client its own MQTT_CLIENT_ID)",
+            self.quick_drops,
+            self.keepalive.as_secs(),
+            self.client_id
+        )
     }
 }
 
@@ -298,6 +418,7 @@ struct FailureContext {
     host: String,
     port: u16,
     user: Option<String>,
+    password: bool,
     tls: bool,
     client_cert: bool,
 }
@@ -309,15 +430,19 @@ impl FailureContext {
             host: s.host.clone(),
             port: s.port,
             user: s.username.clone(),
+            password: s.password.is_some(),
             tls: s.tls.is_some(),
             client_cert: s.tls.as_ref().is_some_and(|t| t.client_auth.is_some()),
         }
     }
 
     fn user_phrase(&self) -> String {
-        match &self.user {
-            Some(u) => format!(" (user {u:?})"),
-            None => " (no user name was sent: MQTT_USERNAME is not set)".into(),
+        match (&self.user, self.password) {
+            (Some(u), true) => format!(" (user {u:?})"),
+            (Some(u), false) => {
+                format!(" (user {u:?}; no password was sent: MQTT_PASSWORD is not set)")
+            }
+            (None, _) => " (no user name was sent: MQTT_USERNAME is not set)".into(),
         }
     }
 }
@@ -355,7 +480,36 @@ fn classify(e: &ConnectionError, ctx: &FailureContext, connecting: bool) -> Fail
             "MQTT_BROKER_HOST={:?} is not a valid host name for TLS",
             ctx.host
         )),
+        // Garbage instead of a CONNACK: a TLS listener answers a plain CONNECT with a
+        // TLS alert record, which parses as a broken MQTT packet.
+        ConnectionError::MqttState(rumqttc::StateError::Deserialization(d))
+            if connecting && !ctx.tls && !matches!(d, rumqttc::mqttbytes::Error::Io(_)) =>
+        {
+            Transient(format!(
+                "the broker answered CONNECT with data that is not MQTT ({d}); port {} is probably a TLS listener: set MQTT_USE_TLS=true (8883 usually is TLS, 1883 plain MQTT)",
+                ctx.port
+            ))
+        }
+        ConnectionError::NotConnAck(_) if connecting && !ctx.tls => Transient(format!(
+            "the broker answered CONNECT with something other than a CONNACK; if port {} is a TLS listener, set MQTT_USE_TLS=true",
+            ctx.port
+        )),
+        // Some brokers wait in silence for the rest of a protocol they do not speak.
+        ConnectionError::NetworkTimeout if connecting => Transient(if ctx.tls {
+            format!(
+                "no answer within the connection timeout during the TLS handshake or CONNECT; if this repeats, check that port {} is a TLS listener (8883 usually is, 1883 is plain MQTT)",
+                ctx.port
+            )
+        } else {
+            format!(
+                "no CONNACK within the connection timeout; if this repeats, check that the broker is up and that port {} is a plain MQTT listener (if it is TLS, set MQTT_USE_TLS=true)",
+                ctx.port
+            )
+        }),
         _ => match find_rustls_error(e) {
+            // The handshake decides what is permanent; a TLS error on an established
+            // session (a reset, a bad record on a flaky link) is a lost connection.
+            Some(tls) if !connecting => Transient(format!("TLS: {tls}")),
             Some(tls) => classify_tls(tls, ctx),
             // A listener that does not speak TLS hangs up on our ClientHello without an
             // alert; so does a broker at max_connections, which is why this is retried.
@@ -531,6 +685,7 @@ mod tests {
             host: "mqtt.example.com".into(),
             port: 8883,
             user: Some("alice".into()),
+            password: true,
             tls: true,
             client_cert,
         }
@@ -615,7 +770,7 @@ mod tests {
                 .to_owned(),
             presented: vec!["localhost".into(), "127.0.0.1".into()],
         });
-        let Failure::Permanent(m) = classify(&wrap(name), &ctx(false), false) else {
+        let Failure::Permanent(m) = classify(&wrap(name), &ctx(false), true) else {
             panic!()
         };
         assert_eq!(m, "TLS: the broker's certificate is not valid for \"mqtt.example.com\" (it names localhost, 127.0.0.1); set MQTT_BROKER_HOST to one of those or, in development only, MQTT_TLS_INSECURE=true");
@@ -624,7 +779,7 @@ mod tests {
                 CertificateError::UnknownIssuer,
             )),
             &ctx(false),
-            false,
+            true,
         ) else {
             panic!()
         };
@@ -634,7 +789,7 @@ mod tests {
                 AlertDescription::CertificateRequired,
             )),
             &ctx(false),
-            false,
+            true,
         ) else {
             panic!()
         };
@@ -642,10 +797,81 @@ mod tests {
         let Failure::Permanent(m) = classify(
             &wrap(rustls::Error::AlertReceived(AlertDescription::UnknownCA)),
             &ctx(true),
-            false,
+            true,
         ) else {
             panic!()
         };
         assert!(m.contains("rejected our client certificate"), "{m}");
+    }
+    #[test]
+    fn tls_errors_on_an_established_session_are_transient() {
+        let wrap = || {
+            ConnectionError::Tls(rumqttc::TlsError::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer),
+            )))
+        };
+        assert!(matches!(
+            classify(&wrap(), &ctx(false), true),
+            Failure::Permanent(_)
+        ));
+        let Failure::Transient(m) = classify(&wrap(), &ctx(false), false) else {
+            panic!("a TLS error after the handshake must be retried")
+        };
+        assert!(m.starts_with("TLS: "), "{m}");
+        let bad_record = ConnectionError::MqttState(rumqttc::StateError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::DecryptError,
+        )));
+        assert!(matches!(
+            classify(&bad_record, &ctx(false), false),
+            Failure::Transient(_)
+        ));
+    }
+
+    #[test]
+    fn the_wrong_kind_of_port_gets_a_hint_at_once() {
+        let mut plain = ctx(false);
+        plain.tls = false;
+        // What RabbitMQ's TLS port sends back to a plain CONNECT parses as a broken packet.
+        let garbage = ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::mqttbytes::Error::BoundaryCrossed(256),
+        ));
+        let Failure::Transient(m) = classify(&garbage, &plain, true) else {
+            panic!()
+        };
+        assert!(m.contains("MQTT_USE_TLS=true") && m.contains("8883"), "{m}");
+        // A plain port that waits in silence for a CONNECT gets a TLS client's hello.
+        let Failure::Transient(m) = classify(&ConnectionError::NetworkTimeout, &ctx(false), true)
+        else {
+            panic!()
+        };
+        assert!(m.contains("TLS listener") && m.contains("port 8883"), "{m}");
+        let Failure::Transient(m) = classify(&ConnectionError::NetworkTimeout, &plain, true) else {
+            panic!()
+        };
+        assert!(m.contains("MQTT_USE_TLS=true"), "{m}");
+    }
+
+    #[test]
+    fn a_refused_password_says_when_none_was_sent() {
+        let mut no_password = ctx(false);
+        no_password.password = false;
+        let Failure::Permanent(m) = classify(
+            &ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized),
+            &no_password,
+            true,
+        ) else {
+            panic!()
+        };
+        assert!(m.contains("MQTT_PASSWORD is not set"), "{m}");
+        let Failure::Permanent(m) = classify(
+            &ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized),
+            &ctx(false),
+            true,
+        ) else {
+            panic!()
+        };
+        assert!(!m.contains("is not set"), "{m}");
     }
 }

@@ -16,6 +16,7 @@ pub mod backoff;
 #[cfg(feature = "certgen")]
 pub mod certgen;
 pub mod connection;
+pub mod help;
 pub mod message;
 pub mod secret;
 pub mod settings;

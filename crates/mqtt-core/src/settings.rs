@@ -129,12 +129,12 @@ impl Env {
         if let Some(path) = file {
             let iter = dotenvy::from_path_iter(&path).map_err(|e| SettingsError::EnvFile {
                 path: path.clone(),
-                reason: env_file_reason(&e),
+                reason: env_file_reason(&e, &path),
             })?;
             for item in iter {
                 let (k, v) = item.map_err(|e| SettingsError::EnvFile {
                     path: path.clone(),
-                    reason: env_file_reason(&e),
+                    reason: env_file_reason(&e, &path),
                 })?;
                 env.vars.insert(k, v);
             }
@@ -198,12 +198,70 @@ impl Env {
     }
 }
 
-fn env_file_reason(e: &dotenvy::Error) -> String {
+fn env_file_reason(e: &dotenvy::Error, path: &Path) -> String {
     match e {
         dotenvy::Error::Io(io) if io.kind() == std::io::ErrorKind::NotFound => {
             "the file does not exist".to_string()
         }
+        // dotenvy quotes the whole line, which may hold a password: name the line
+        // by its number and its key only.
+        // dotenvy quotes the part of the line it could not parse, which may be a
+        // password: name the line by its number and its key only.
+        dotenvy::Error::LineParse(fragment, _) => {
+            let first = fragment.lines().next().unwrap_or_default().trim();
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let found = text
+                .lines()
+                .enumerate()
+                .find(|(_, l)| !l.trim_start().starts_with('#') && l.contains(first));
+            let Some((index, line)) = found else {
+                return "a line is not KEY=value: quote values that hold spaces or special characters (KEY=\"a b\"), and start comments with #".into();
+            };
+            let key = line
+                .split_once('=')
+                .map(|(k, _)| k.trim().trim_start_matches("export ").trim())
+                .filter(|k| !k.is_empty() && !k.contains(char::is_whitespace));
+            format!(
+                "line {}{} is not KEY=value: quote values that hold spaces or special characters (KEY=\"a b\"), and start comments with #",
+                index + 1,
+                key.map(|k| format!(" ({k})")).unwrap_or_default()
+            )
+        }
         other => other.to_string(),
+    }
+}
+
+/// Keys that look like ours but are read by nobody, each with the closest known
+/// name when there is one (`MQTT_BROKER_HOTS` -> `MQTT_BROKER_HOST`): a typo in
+/// `.env` would otherwise silently leave the default in force.
+pub fn unknown_variables(
+    env: &Env,
+    prefixes: &[&str],
+    known: &[&'static str],
+) -> Vec<(String, Option<&'static str>)> {
+    env.vars
+        .keys()
+        .filter(|k| prefixes.iter().any(|p| k.starts_with(p)))
+        .filter(|k| !known.contains(&k.as_str()))
+        .map(|k| {
+            let closest = known
+                .iter()
+                .map(|c| (strsim::damerau_levenshtein(k, c), *c))
+                .filter(|(d, c)| *d <= (c.len() / 4).max(2))
+                .min_by_key(|(d, _)| *d)
+                .map(|(_, c)| c);
+            (k.clone(), closest)
+        })
+        .collect()
+}
+
+/// Logs a warning for every key [`unknown_variables`] finds.
+pub fn warn_unknown_variables(env: &Env, prefixes: &[&str], known: &[&'static str]) {
+    for (key, closest) in unknown_variables(env, prefixes, known) {
+        match closest {
+            Some(c) => tracing::warn!("{key} is set but no setting has that name: did you mean {c}? (it is ignored)"),
+            None => tracing::warn!("{key} is set but no setting has that name (it is ignored); `--help` lists the variables"),
+        }
     }
 }
 
@@ -216,15 +274,28 @@ pub fn parse_bool(v: &str) -> Option<bool> {
     }
 }
 
-/// Parses a duration written like `50ms`, `1s`, `2m`, `1h30m` (a bare number is seconds).
+/// The longest duration any flag or variable takes: longer ones are typing errors,
+/// and far larger ones would overflow the clock arithmetic.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// Parses a duration written like `50ms`, `1s`, `2m`, `1h30m` (a bare number is seconds),
+/// up to [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     if s.is_empty() {
         return Err("empty duration".into());
     }
+    let too_long = || format!("{s:?} is too long (at most 100 years)");
+    let secs_to_duration = |secs: f64| {
+        if secs > MAX_DURATION.as_secs_f64() {
+            Err(too_long())
+        } else {
+            Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is not a duration"))
+        }
+    };
     if let Ok(secs) = s.parse::<f64>() {
         return if secs.is_finite() && secs >= 0.0 {
-            Ok(Duration::from_secs_f64(secs))
+            secs_to_duration(secs)
         } else {
             Err(format!("{s:?} is not a duration"))
         };
@@ -250,7 +321,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "h" => 3600.0,
             _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
         };
-        total += Duration::from_secs_f64(value * unit_secs);
+        total = total
+            .checked_add(secs_to_duration(value * unit_secs)?)
+            .filter(|t| *t <= MAX_DURATION)
+            .ok_or_else(too_long)?;
         rest = tail;
     }
     Ok(total)
@@ -334,12 +408,20 @@ impl Settings {
             None if use_tls => 8883,
             None => 1883,
         };
-        let keepalive = env
-            .parse::<u16>(
-                "MQTT_KEEPALIVE",
-                "whole seconds from 1 to 65535, or 0 to disable",
-            )?
-            .unwrap_or(60);
+        const KEEPALIVE: &str =
+            "whole seconds from 1 to 65535 (0, which turns keepalive off, is refused: \
+                                 a dead connection would then never be noticed)";
+        let keepalive = match env.parse::<u16>("MQTT_KEEPALIVE", KEEPALIVE)? {
+            Some(0) => {
+                return Err(SettingsError::Invalid {
+                    var: "MQTT_KEEPALIVE",
+                    value: "0".into(),
+                    expected: KEEPALIVE,
+                })
+            }
+            Some(k) => k,
+            None => 60,
+        };
         let qos = match env.parse::<u8>("MQTT_QOS", "0, 1 or 2")? {
             None | Some(1) => QoS::AtLeastOnce,
             Some(0) => QoS::AtMostOnce,
@@ -648,5 +730,75 @@ mod tests {
         let env = Env::load(Some(&f)).unwrap();
         assert_eq!(env.get("MQTT_TEST_ONLY_VAR"), Some("from-file"));
         assert_ne!(env.get("PATH"), Some("from-file"));
+    }
+    #[test]
+    fn keepalive_zero_is_refused() {
+        let err = settings(&[("MQTT_KEEPALIVE", "0")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("MQTT_KEEPALIVE") && err.contains("never be noticed"),
+            "{err}"
+        );
+        assert_eq!(
+            settings(&[("MQTT_KEEPALIVE", "1")]).unwrap().keepalive,
+            Duration::from_secs(1)
+        );
+    }
+
+    #[test]
+    fn absurd_durations_are_errors_not_panics() {
+        for s in [
+            "99999999999999999h",
+            "1e300",
+            "18446744073709551616s",
+            "101y",
+            "1000000h",
+            "9999999999999999999999999999ms",
+        ] {
+            assert!(parse_duration(s).is_err(), "{s}");
+        }
+        let err = parse_duration("99999999999999999h").unwrap_err();
+        assert!(err.contains("too long"), "{err}");
+        assert_eq!(
+            parse_duration("876000h").unwrap(),
+            Duration::from_secs(876_000 * 3600)
+        );
+    }
+
+    #[test]
+    fn unknown_variables_get_a_did_you_mean() {
+        let env = Env::from_pairs([
+            ("MQTT_BROKER_HOTS", "x"),
+            ("MQTT_BROKER_HOST", "y"),
+            ("MQTT_SOMETHING_ELSE_ENTIRELY", "z"),
+            ("COLLECTOR_DBB", "w"),
+            ("HOME", "/root"),
+        ]);
+        let known: Vec<&'static str> = VARIABLES.iter().copied().chain(["COLLECTOR_DB"]).collect();
+        let found = unknown_variables(&env, &["MQTT_", "COLLECTOR_"], &known);
+        assert_eq!(
+            found,
+            [
+                ("COLLECTOR_DBB".to_string(), Some("COLLECTOR_DB")),
+                ("MQTT_BROKER_HOTS".to_string(), Some("MQTT_BROKER_HOST")),
+                ("MQTT_SOMETHING_ELSE_ENTIRELY".to_string(), None),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_malformed_env_line_is_named_by_number_without_its_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("bad.env");
+        std::fs::write(
+            &f,
+            "# comment\nMQTT_BROKER_HOST=localhost\n\nMQTT_PASSWORD=two words s3cr3t\n",
+        )
+        .unwrap();
+        let err = Env::load(Some(&f)).unwrap_err().to_string();
+        assert!(err.contains("line 4"), "{err}");
+        assert!(err.contains("MQTT_PASSWORD"), "{err}");
+        assert!(!err.contains("s3cr3t"), "{err}");
     }
 }

@@ -1,0 +1,247 @@
+//! Reliability of the connection driver against an in-process FAKE broker (named
+//! so: it produces on demand the faults a real Mosquitto does not), in the manner of
+//! rumqttc's own `tests/reliability.rs`.
+
+mod fake_broker;
+
+use fake_broker::{FakeBroker, OnSubscribe, Plan};
+use mqtt_core::connection::{next_event, ConnectionOptions};
+use mqtt_core::{spawn_connection, ConnectionEvent, Env, Settings};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+fn settings(port: u16, extra: &[(&str, &str)]) -> Settings {
+    let port = port.to_string();
+    let mut pairs = vec![
+        ("MQTT_BROKER_HOST", "127.0.0.1"),
+        ("MQTT_BROKER_PORT", port.as_str()),
+        ("MQTT_RECONNECT_MIN_DELAY", "0.05"),
+        ("MQTT_RECONNECT_MAX_DELAY", "5"),
+        ("MQTT_KEEPALIVE", "5"),
+    ];
+    pairs.extend_from_slice(extra);
+    Settings::from_env(&Env::from_pairs(pairs)).unwrap()
+}
+
+fn subscriber(filters: &[&str]) -> ConnectionOptions {
+    ConnectionOptions {
+        subscriptions: filters.iter().map(|f| f.to_string()).collect(),
+        ..ConnectionOptions::new("reliability-test")
+    }
+}
+
+/// The names of the events until `until` matches one, releasing every `Disconnected`.
+async fn events_until(
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<ConnectionEvent>,
+    until: impl Fn(&ConnectionEvent) -> bool,
+) -> Vec<String> {
+    let mut names = Vec::new();
+    loop {
+        let ev = next_event(events, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("no event within 10 s; so far {names:?}"));
+        let done = until(&ev);
+        names.push(match &ev {
+            ConnectionEvent::Connected { session_present } => {
+                format!("Connected({session_present})")
+            }
+            ConnectionEvent::Subscribed => "Subscribed".into(),
+            ConnectionEvent::Disconnected { .. } => "Disconnected".into(),
+            ConnectionEvent::Failed(f) => format!("Failed({f})"),
+            ConnectionEvent::Message(_) => "Message".into(),
+            ConnectionEvent::Sent(_) => "Sent".into(),
+            ConnectionEvent::Acked(_) => "Acked".into(),
+        });
+        drop(ev);
+        if done {
+            return names;
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_subscription_is_renewed_until_the_broker_confirms_it() {
+    // Connection 1 is cut at the SUBSCRIBE; connection 2 claims the session the
+    // broker created on connection 1, which holds no subscription.
+    let broker = FakeBroker::start(|n| Plan {
+        on_subscribe: if n == 1 {
+            OnSubscribe::Cut
+        } else {
+            OnSubscribe::Grant
+        },
+        ..Plan::normal(n > 1)
+    })
+    .await;
+    let cancel = CancellationToken::new();
+    let mut conn = spawn_connection(
+        &settings(broker.port, &[]),
+        subscriber(&["device/data/+"]),
+        cancel.clone(),
+    );
+    let names = events_until(&mut conn.events, |e| {
+        matches!(e, ConnectionEvent::Subscribed | ConnectionEvent::Failed(_))
+    })
+    .await;
+    assert_eq!(
+        names,
+        [
+            "Connected(false)",
+            "Disconnected",
+            "Connected(true)",
+            "Subscribed"
+        ]
+    );
+    let seen = broker.seen();
+    assert_eq!(
+        seen.subscribes,
+        [
+            (1, vec!["device/data/+".to_string()]),
+            (2, vec!["device/data/+".to_string()])
+        ]
+    );
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn a_confirmed_subscription_is_not_renewed_on_a_resumed_session() {
+    let broker = FakeBroker::start(|n| Plan {
+        close_after_suback: n == 1,
+        ..Plan::normal(n > 1)
+    })
+    .await;
+    let cancel = CancellationToken::new();
+    let mut conn = spawn_connection(
+        &settings(broker.port, &[]),
+        subscriber(&["a/+"]),
+        cancel.clone(),
+    );
+    let names = events_until(&mut conn.events, |e| {
+        matches!(
+            e,
+            ConnectionEvent::Connected {
+                session_present: true
+            }
+        )
+    })
+    .await;
+    assert_eq!(
+        names,
+        [
+            "Connected(false)",
+            "Subscribed",
+            "Disconnected",
+            "Connected(true)"
+        ]
+    );
+    // The resumed session still holds the confirmed subscription: ready at once.
+    let names = events_until(&mut conn.events, |e| {
+        matches!(e, ConnectionEvent::Subscribed)
+    })
+    .await;
+    assert_eq!(names, ["Subscribed"]);
+    assert_eq!(broker.seen().subscribes.len(), 1);
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn a_refused_subscription_is_a_permanent_failure_naming_filter_and_user() {
+    let broker = FakeBroker::start(|_| Plan {
+        on_subscribe: OnSubscribe::Refuse,
+        ..Plan::normal(false)
+    })
+    .await;
+    let mut conn = spawn_connection(
+        &settings(
+            broker.port,
+            &[("MQTT_USERNAME", "reader"), ("MQTT_PASSWORD", "pw")],
+        ),
+        subscriber(&["secret/+"]),
+        CancellationToken::new(),
+    );
+    let names = events_until(&mut conn.events, |e| {
+        matches!(e, ConnectionEvent::Subscribed | ConnectionEvent::Failed(_))
+    })
+    .await;
+    let last = names.last().unwrap();
+    assert!(
+        last.starts_with("Failed") && last.contains("\"secret/+\"") && last.contains("\"reader\""),
+        "{names:?}"
+    );
+    assert!(!last.contains("pw\""), "{last}");
+    // The task ends after a permanent failure.
+    tokio::time::timeout(Duration::from_secs(5), conn.task)
+        .await
+        .expect("the connection task ends")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_broker_that_drops_every_new_connection_is_retried_with_growing_delays() {
+    // What two clients with one client id do to each other: each is accepted, then dropped.
+    let broker = FakeBroker::start(|_| Plan {
+        close_after_connack: true,
+        ..Plan::normal(false)
+    })
+    .await;
+    let cancel = CancellationToken::new();
+    let mut conn = spawn_connection(
+        &settings(broker.port, &[]),
+        ConnectionOptions::new("twin"),
+        cancel.clone(),
+    );
+    let start = Instant::now();
+    let mut gaps = Vec::new();
+    let mut last = None;
+    while start.elapsed() < Duration::from_secs(3) {
+        match next_event(&mut conn.events, Duration::from_secs(3)).await {
+            Some(ConnectionEvent::Connected { .. }) => {
+                let now = Instant::now();
+                if let Some(prev) = last.replace(now) {
+                    gaps.push(now - prev);
+                }
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+    cancel.cancel();
+    // Reset at every CONNACK, the delay would stay at the 50 ms minimum (about 60
+    // connects in 3 s); doubling, it passes 1.6 s by the seventh attempt.
+    let connects = broker.seen().connects;
+    assert!(connects <= 8, "{connects} connects in 3 s; gaps {gaps:?}");
+    assert!(
+        gaps.windows(2).filter(|w| w[1] > w[0]).count() >= 2,
+        "the delays do not grow: {gaps:?}"
+    );
+}
+
+#[tokio::test]
+async fn events_keep_their_order_around_a_reconnect() {
+    let broker = FakeBroker::start(|n| Plan {
+        close_after_connack: n == 1,
+        ..Plan::normal(n > 1)
+    })
+    .await;
+    let cancel = CancellationToken::new();
+    let mut conn = spawn_connection(
+        &settings(broker.port, &[]),
+        subscriber(&["t/+"]),
+        cancel.clone(),
+    );
+    let names = events_until(&mut conn.events, |e| {
+        matches!(e, ConnectionEvent::Subscribed)
+    })
+    .await;
+    // Dropped before its SUBACK, so connection 2 subscribes again although it resumes a session.
+    assert_eq!(
+        names,
+        [
+            "Connected(false)",
+            "Disconnected",
+            "Connected(true)",
+            "Subscribed"
+        ]
+    );
+    assert_eq!(broker.seen().subscribes.len(), 1);
+    cancel.cancel();
+}
