@@ -200,7 +200,9 @@ fn absurd_values_exit_2_with_a_message_never_a_panic() {
         ("MQTT_BROKER_HOST".to_string(), "127.0.0.1".to_string()),
         ("MQTT_BROKER_PORT".to_string(), free_port().to_string()),
     ];
-    let cases: &[(&str, &[&str], &[(&str, &str)], &str)] = &[
+    // (binary, flags, variables, what the message must say)
+    type Case<'a> = (&'a str, &'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
         (
             "device-sim",
             &["--interval", "99999999999999999h"],

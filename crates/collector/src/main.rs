@@ -205,4 +205,6 @@ fn cancel_on_signals(cancel: CancellationToken) -> std::io::Result<()> {
 }
 
 #[cfg(test)]
+mod cli_props;
+#[cfg(test)]
 mod validate_props;

@@ -8,6 +8,9 @@ mod queue;
 mod status;
 mod vehicle;
 
+#[cfg(test)]
+mod cli_props;
+
 use clap::Parser;
 use mqtt_core::{exit, Settings};
 use tokio_util::sync::CancellationToken;

@@ -268,10 +268,10 @@ impl Driver {
             Event::Incoming(Incoming::PubComp(c)) => {
                 let _ = self.tx.send(ConnectionEvent::Acked(c.pkid));
             }
-            Event::Outgoing(Outgoing::Subscribe(pkid)) => {
-                if self.suback_due == Some(SubackDue::Queued) {
-                    self.suback_due = Some(SubackDue::Sent(pkid));
-                }
+            Event::Outgoing(Outgoing::Subscribe(pkid))
+                if self.suback_due == Some(SubackDue::Queued) =>
+            {
+                self.suback_due = Some(SubackDue::Sent(pkid));
             }
             Event::Incoming(Incoming::SubAck(s)) => {
                 if self.suback_due != Some(SubackDue::Sent(s.pkid)) {

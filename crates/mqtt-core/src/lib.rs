@@ -20,6 +20,8 @@ pub mod help;
 pub mod message;
 pub mod secret;
 pub mod settings;
+#[cfg(test)]
+mod settings_props;
 pub mod tls;
 
 pub use backoff::Backoff;
