@@ -245,3 +245,87 @@ async fn events_keep_their_order_around_a_reconnect() {
     assert_eq!(broker.seen().subscribes.len(), 1);
     cancel.cancel();
 }
+
+/// A FAKE TLS listener: answers whatever it is sent with a fatal TLS alert
+/// (protocol_version), as RabbitMQ's TLS port does to a plain CONNECT.
+async fn tls_alert_listener() -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 512];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x46])
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+/// A FAKE plain listener that never answers, as amqtt's does to a TLS ClientHello.
+async fn silent_listener() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    port
+}
+
+async fn first_disconnect_reason(settings: &Settings) -> String {
+    let cancel = CancellationToken::new();
+    let mut conn = spawn_connection(
+        settings,
+        ConnectionOptions::new("wrong-port"),
+        cancel.clone(),
+    );
+    let reason = loop {
+        match next_event(&mut conn.events, Duration::from_secs(20)).await {
+            Some(ConnectionEvent::Disconnected { reason, .. }) => break reason,
+            Some(ConnectionEvent::Failed(f)) => break f.to_string(),
+            Some(_) => {}
+            None => panic!("no failure within 20 s"),
+        }
+    };
+    cancel.cancel();
+    reason
+}
+
+#[tokio::test]
+async fn a_plain_client_at_a_tls_port_is_told_at_once() {
+    let port = tls_alert_listener().await;
+    let reason = first_disconnect_reason(&settings(port, &[])).await;
+    assert!(reason.contains("MQTT_USE_TLS=true"), "{reason}");
+}
+
+#[tokio::test]
+async fn a_tls_client_at_a_silent_plain_port_is_told_on_the_first_timeout() {
+    let port = silent_listener().await;
+    let dir = tempfile::tempdir().unwrap();
+    let set = mqtt_core::certgen::DevCertificates::generate(&[], &[], 1).unwrap();
+    let ca = dir.path().join("ca.crt");
+    std::fs::write(&ca, &set.ca.cert_pem).unwrap();
+    let s = settings(
+        port,
+        &[
+            ("MQTT_USE_TLS", "true"),
+            ("MQTT_CA_CERTS", ca.to_str().unwrap()),
+            ("MQTT_KEEPALIVE", "1"),
+        ],
+    );
+    let started = Instant::now();
+    let reason = first_disconnect_reason(&s).await;
+    assert!(
+        reason.contains("TLS listener") && reason.contains(&format!("port {port}")),
+        "{reason}"
+    );
+    // The connection timeout is the keepalive, at least 5 s.
+    assert!(started.elapsed() < Duration::from_secs(15));
+}
