@@ -19,41 +19,26 @@ use time::{Duration, OffsetDateTime};
 pub const LOCAL_NAMES: &[&str] = &["localhost", "127.0.0.1", "::1"];
 
 /// Why certificates could not be made or written.
+// The #[error] text of each variant says what every field holds.
+#[allow(missing_docs)]
 #[derive(Debug, thiserror::Error)]
 pub enum CertgenError {
     /// rcgen refused the parameters (for example a host name that is not a valid DNS name).
     #[error("cannot create the certificate for {what}: {source}")]
-    Generate {
-        /// Which certificate.
-        what: String,
-        /// rcgen's error.
-        source: rcgen::Error,
-    },
+    Generate { what: String, source: rcgen::Error },
     /// A `--client` name that cannot be a certificate's file name.
     #[error("cannot use {name:?} as a client name: {reason}")]
-    ClientName {
-        /// The name given.
-        name: String,
-        /// Why it is refused.
-        reason: String,
-    },
+    ClientName { name: String, reason: String },
     /// A `--host` that is neither a DNS name nor an IP address.
     #[error("cannot use {name:?} as a host name of the server certificate: {reason}; give a DNS name (letters, digits, hyphens and dots, e.g. mqtt.example.com, or a wildcard *.example.com) or an IP address (e.g. 192.168.1.10 or fd00::1), without scheme or port")]
-    Host {
-        /// The name given.
-        name: String,
-        /// Why it is refused.
-        reason: String,
-    },
+    Host { name: String, reason: String },
     /// A file exists and `force` was not given.
     #[error("{0} already exists; pass --force to overwrite the whole set (nothing was written)")]
     Exists(PathBuf),
     /// Writing failed.
     #[error("cannot write {path}: {source}")]
     Write {
-        /// The file.
         path: PathBuf,
-        /// The I/O error.
         source: std::io::Error,
     },
 }

@@ -4,9 +4,9 @@
 //! file named by `--env-file`). Every error names the variable and the value it
 //! had (never a password) and says what would be accepted.
 
-use crate::secret::Secret;
 use crate::tls;
 use rumqttc::{MqttOptions, QoS, TlsConfiguration, Transport};
+use secrecy::{ExposeSecret, SecretString};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,84 +32,30 @@ pub const VARIABLES: &[&str] = &[
 ];
 
 /// Why the settings cannot be used. Each message names the variable and how to fix it.
+// The #[error] text of each variant says what every field holds.
+#[allow(missing_docs)]
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
     /// A variable has a value that cannot be parsed or is out of range.
     #[error("{var}={value:?} is not valid: expected {expected}")]
     Invalid {
-        /// The variable.
         var: &'static str,
-        /// The value it had.
         value: String,
-        /// What would have been accepted.
         expected: &'static str,
     },
     /// The env file named on the command line is missing or malformed.
     #[error("cannot load the env file {path}: {reason}")]
-    EnvFile {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        reason: String,
-    },
-    /// A file named by a variable cannot be read.
-    #[error("{var}={path:?}: cannot read the file: {source}; check the path and its permissions")]
-    File {
-        /// The variable.
-        var: &'static str,
-        /// The path it named.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// A PEM file holds no certificate.
-    #[error(
-        "{var}={path:?} contains no PEM certificate (expected \"-----BEGIN CERTIFICATE-----\")"
-    )]
-    NoCertificate {
-        /// The variable.
-        var: &'static str,
-        /// The file.
-        path: PathBuf,
-    },
-    /// A PEM file holds no private key.
-    #[error(
-        "{var}={path:?} contains no usable private key (PKCS#8, PKCS#1 or SEC1 PEM): {reason}"
-    )]
-    NoKey {
-        /// The variable.
-        var: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// What the parser said.
-        reason: String,
-    },
+    EnvFile { path: PathBuf, reason: String },
     /// Only one of a pair of variables that go together is set.
     #[error("{given} is set but {missing} is not: {why}")]
     Incomplete {
-        /// The variable that is set.
         given: &'static str,
-        /// The variable that is missing.
         missing: &'static str,
-        /// Why both are needed.
         why: &'static str,
     },
-    /// The client certificate and key were read but rustls refuses them together.
-    #[error("MQTT_CERTFILE={cert:?} and MQTT_KEYFILE={key:?} cannot be used together: {reason}")]
-    ClientAuth {
-        /// The certificate file.
-        cert: PathBuf,
-        /// The key file.
-        key: PathBuf,
-        /// What rustls said.
-        reason: String,
-    },
-    /// No CA file was given and the system has no trusted roots.
-    #[error("MQTT_USE_TLS is on, MQTT_CA_CERTS is not set and no system CA certificates were found; set MQTT_CA_CERTS to the CA file that signed the broker's certificate")]
-    NoSystemRoots,
-    /// The TLS configuration could not be built.
-    #[error("TLS configuration: {0}")]
-    Tls(String),
+    /// The TLS files or configuration cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Variables from `.env` (or `--env-file`) overlaid by the process environment.
@@ -278,56 +224,34 @@ pub fn parse_bool(v: &str) -> Option<bool> {
 /// and far larger ones would overflow the clock arithmetic.
 pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
-/// Parses a duration written like `50ms`, `1s`, `2m`, `1h30m` (a bare number is seconds),
-/// up to [`MAX_DURATION`].
+/// Parses a duration written like `50ms`, `1s`, `2m`, `1h30m` (humantime's syntax;
+/// a bare number is seconds), up to [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     if s.is_empty() {
         return Err("empty duration".into());
     }
     let too_long = || format!("{s:?} is too long (at most 100 years)");
-    let secs_to_duration = |secs: f64| {
-        if secs > MAX_DURATION.as_secs_f64() {
-            Err(too_long())
-        } else {
-            Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is not a duration"))
+    let d = match s.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => {
+            if secs > MAX_DURATION.as_secs_f64() {
+                return Err(too_long());
+            }
+            Duration::from_secs_f64(secs)
         }
+        Ok(_) => return Err(format!("{s:?} is not a duration")),
+        Err(_) => humantime::parse_duration(s).map_err(|e| match e {
+            humantime::DurationError::NumberOverflow => too_long(),
+            humantime::DurationError::UnknownUnit { unit, .. } if !unit.is_empty() => {
+                format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")
+            }
+            _ => format!("{s:?} is not a duration like 500ms, 2s, 1m or 1h30m"),
+        })?,
     };
-    if let Ok(secs) = s.parse::<f64>() {
-        return if secs.is_finite() && secs >= 0.0 {
-            secs_to_duration(secs)
-        } else {
-            Err(format!("{s:?} is not a duration"))
-        };
+    if d > MAX_DURATION {
+        return Err(too_long());
     }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| format!("{s:?}: missing unit after {rest:?} (use ms, s, m or h)"))?;
-        let (num, tail) = rest.split_at(num_len);
-        let unit_len = tail
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(unit_len);
-        let value: f64 = num
-            .parse()
-            .map_err(|_| format!("{s:?} is not a duration like 500ms, 2s, 1m or 1h30m"))?;
-        let unit_secs = match unit {
-            "ms" => 0.001,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
-        };
-        total = total
-            .checked_add(secs_to_duration(value * unit_secs)?)
-            .filter(|t| *t <= MAX_DURATION)
-            .ok_or_else(too_long)?;
-        rest = tail;
-    }
-    Ok(total)
+    Ok(d)
 }
 
 /// The TLS part of the settings.
@@ -367,7 +291,7 @@ pub struct Settings {
     /// User name.
     pub username: Option<String>,
     /// Password, never printed.
-    pub password: Option<Secret>,
+    pub password: Option<SecretString>,
     /// Keepalive interval.
     pub keepalive: Duration,
     /// QoS of publishes and subscriptions.
@@ -460,7 +384,9 @@ impl Settings {
         }
 
         let username = env.get("MQTT_USERNAME").map(str::to_string);
-        let password = env.get("MQTT_PASSWORD").map(Secret::new);
+        let password = env
+            .get("MQTT_PASSWORD")
+            .map(|p| SecretString::from(p.to_string()));
         if password.is_some() && username.is_none() {
             return Err(SettingsError::Incomplete {
                 given: "MQTT_PASSWORD",
@@ -538,7 +464,11 @@ impl Settings {
         o.set_keep_alive(self.keepalive);
         o.set_clean_session(self.clean_session);
         if let Some(user) = &self.username {
-            let pass = self.password.as_ref().map(|p| p.expose()).unwrap_or("");
+            let pass = self
+                .password
+                .as_ref()
+                .map(|p| p.expose_secret())
+                .unwrap_or("");
             o.set_credentials(user.clone(), pass.to_string());
         }
         if let Some(tls) = &self.tls {

@@ -1,7 +1,6 @@
 //! The rustls client configuration: CA file or system roots, optional client
 //! certificate, and the development mode that skips only the host name check.
 
-use crate::settings::SettingsError;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
@@ -13,6 +12,48 @@ use rustls::{
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// Why the TLS files or configuration cannot be used. Each message names the
+/// variable and the file, and says what would be accepted.
+// The #[error] text of each variant says what every field holds.
+#[allow(missing_docs)]
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file named by a variable cannot be read.
+    #[error("{var}={path:?}: cannot read the file: {source}; check the path and its permissions")]
+    File {
+        var: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A PEM file holds no certificate.
+    #[error(
+        "{var}={path:?} contains no PEM certificate (expected \"-----BEGIN CERTIFICATE-----\")"
+    )]
+    NoCertificate { var: &'static str, path: PathBuf },
+    /// A PEM file holds no private key.
+    #[error(
+        "{var}={path:?} contains no usable private key (PKCS#8, PKCS#1 or SEC1 PEM): {reason}"
+    )]
+    NoKey {
+        var: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    /// The client certificate and key were read but rustls refuses them together.
+    #[error("MQTT_CERTFILE={cert:?} and MQTT_KEYFILE={key:?} cannot be used together: {reason}")]
+    ClientAuth {
+        cert: PathBuf,
+        key: PathBuf,
+        reason: String,
+    },
+    /// No CA file was given and the system has no trusted roots.
+    #[error("MQTT_USE_TLS is on, MQTT_CA_CERTS is not set and no system CA certificates were found; set MQTT_CA_CERTS to the CA file that signed the broker's certificate")]
+    NoSystemRoots,
+    /// rustls refused to build the configuration.
+    #[error("TLS configuration: {0}")]
+    Config(String),
+}
+
 /// The one crypto provider of this workspace (ring; no aws-lc build).
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -22,8 +63,8 @@ pub fn provider() -> Arc<CryptoProvider> {
 pub fn load_certs(
     var: &'static str,
     path: &Path,
-) -> Result<Vec<CertificateDer<'static>>, SettingsError> {
-    let bytes = std::fs::read(path).map_err(|source| SettingsError::File {
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let bytes = std::fs::read(path).map_err(|source| TlsError::File {
         var,
         path: path.to_path_buf(),
         source,
@@ -32,7 +73,7 @@ pub fn load_certs(
         .filter_map(Result::ok)
         .collect();
     if certs.is_empty() {
-        return Err(SettingsError::NoCertificate {
+        return Err(TlsError::NoCertificate {
             var,
             path: path.to_path_buf(),
         });
@@ -40,13 +81,13 @@ pub fn load_certs(
     Ok(certs)
 }
 
-fn load_key(var: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>, SettingsError> {
-    let bytes = std::fs::read(path).map_err(|source| SettingsError::File {
+fn load_key(var: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let bytes = std::fs::read(path).map_err(|source| TlsError::File {
         var,
         path: path.to_path_buf(),
         source,
     })?;
-    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| SettingsError::NoKey {
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| TlsError::NoKey {
         var,
         path: path.to_path_buf(),
         reason: e.to_string(),
@@ -59,12 +100,12 @@ pub fn client_config(
     ca_file: Option<&Path>,
     client_auth: Option<&(PathBuf, PathBuf)>,
     insecure: bool,
-) -> Result<Arc<ClientConfig>, SettingsError> {
+) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = provider();
     let verifier = server_verifier(ca_file, insecure)?;
     let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| SettingsError::Tls(e.to_string()))?
+        .map_err(|e| TlsError::Config(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(verifier);
     let config = match client_auth {
@@ -72,13 +113,13 @@ pub fn client_config(
         Some((cert, key)) => {
             let chain = load_certs("MQTT_CERTFILE", cert)?;
             let key_der = load_key("MQTT_KEYFILE", key)?;
-            builder.with_client_auth_cert(chain, key_der).map_err(|e| {
-                SettingsError::ClientAuth {
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| TlsError::ClientAuth {
                     cert: cert.clone(),
                     key: key.clone(),
                     reason: e.to_string(),
-                }
-            })?
+                })?
         }
     };
     Ok(Arc::new(config))
@@ -89,7 +130,7 @@ pub fn client_config(
 pub fn server_verifier(
     ca_file: Option<&Path>,
     insecure: bool,
-) -> Result<Arc<dyn ServerCertVerifier>, SettingsError> {
+) -> Result<Arc<dyn ServerCertVerifier>, TlsError> {
     let provider = provider();
     let mut roots = RootCertStore::empty();
     match ca_file {
@@ -97,7 +138,7 @@ pub fn server_verifier(
             let certs = load_certs("MQTT_CA_CERTS", path)?;
             let (added, _) = roots.add_parsable_certificates(certs);
             if added == 0 {
-                return Err(SettingsError::NoCertificate {
+                return Err(TlsError::NoCertificate {
                     var: "MQTT_CA_CERTS",
                     path: path.to_path_buf(),
                 });
@@ -107,13 +148,13 @@ pub fn server_verifier(
             let found = rustls_native_certs::load_native_certs();
             roots.add_parsable_certificates(found.certs);
             if roots.is_empty() {
-                return Err(SettingsError::NoSystemRoots);
+                return Err(TlsError::NoSystemRoots);
             }
         }
     }
     let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
-        .map_err(|e| SettingsError::Tls(e.to_string()))?;
+        .map_err(|e| TlsError::Config(e.to_string()))?;
     Ok(if insecure {
         tracing::warn!(
             "MQTT_TLS_INSECURE=true: the broker's certificate chain is still verified against the CA, \
