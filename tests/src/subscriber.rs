@@ -1,7 +1,6 @@
 //! A real `mosquitto_sub` that records what it receives.
 
-use crate::broker::Broker;
-use crate::process::ChildGuard;
+use crate::{Broker, ChildGuard};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

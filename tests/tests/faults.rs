@@ -255,9 +255,10 @@ fn broker_killed_loses_only_what_stats_reports_as_gaps() {
 
 #[test]
 fn fake_broker_acks_out_of_order_then_drops_and_no_unacknowledged_message_is_deleted() {
-    // A FAKE broker (tests/src/fake_broker.rs): Mosquitto acknowledges in order, so it
-    // cannot make rumqttc hold a publish back on a packet-id collision and then drop.
-    let fake = e2e::fake_broker::FakeBroker::out_of_order_then_drop();
+    // A FAKE broker (crates/testkit/src/fake_broker/out_of_order.rs): Mosquitto
+    // acknowledges in order, so it cannot make rumqttc hold a publish back on a
+    // packet-id collision and then drop.
+    let fake = e2e::fake_broker::OutOfOrderBroker::start();
     let dir = tempfile::tempdir().unwrap();
     let queue = dir.path().join("q.db");
     let env: Vec<(String, String)> = [

@@ -1,13 +1,12 @@
 //! Reliability of the connection driver against an in-process FAKE broker (named
-//! so: it produces on demand the faults a real Mosquitto does not), in the manner of
-//! rumqttc's own `tests/reliability.rs`.
+//! so: it produces on demand the faults a real Mosquitto does not; it lives in
+//! `crates/testkit/src/fake_broker/scripted.rs`), in the manner of rumqttc's own
+//! `tests/reliability.rs`.
 
-mod fake_broker;
-
-use fake_broker::{FakeBroker, OnSubscribe, Plan};
 use mqtt_core::connection::{next_event, ConnectionOptions};
 use mqtt_core::{spawn_connection, ConnectionEvent, Env, Settings};
 use std::time::{Duration, Instant};
+use testkit::fake_broker::{FakeBroker, OnSubscribe, Plan};
 use tokio_util::sync::CancellationToken;
 
 fn settings(port: u16, extra: &[(&str, &str)]) -> Settings {

@@ -1,7 +1,7 @@
-//! A FAKE MQTT 3.1.1 broker, in-process, for the faults a real Mosquitto does not
-//! produce on demand: a connection cut between CONNACK and SUBACK, a CONNACK that
-//! claims a session, a broker that drops every connection right after accepting it.
-//! It speaks just enough of the protocol for the connection driver.
+//! A FAKE MQTT 3.1.1 broker on tokio, in-process, for the faults a real Mosquitto
+//! does not produce on demand: a connection cut between CONNACK and SUBACK, a CONNACK
+//! that claims a session, a broker that drops every connection right after accepting
+//! it. It speaks just enough of the protocol for mqtt-core's connection driver.
 
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,6 +32,7 @@ pub enum OnSubscribe {
 }
 
 impl Plan {
+    /// CONNACK with this session flag, every SUBSCRIBE granted, nothing cut.
     pub fn normal(session_present: bool) -> Plan {
         Plan {
             session_present,
@@ -51,7 +52,9 @@ pub struct Seen {
     pub subscribes: Vec<(usize, Vec<String>)>,
 }
 
+/// The fake broker; it runs until the tokio runtime that started it ends.
 pub struct FakeBroker {
+    /// Its port on 127.0.0.1.
     pub port: u16,
     seen: Arc<Mutex<Seen>>,
 }
@@ -77,6 +80,7 @@ impl FakeBroker {
         FakeBroker { port, seen }
     }
 
+    /// What it saw so far.
     pub fn seen(&self) -> Seen {
         self.seen.lock().unwrap().clone()
     }

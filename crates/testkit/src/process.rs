@@ -1,15 +1,34 @@
-//! Child processes that die with the test, free ports, and waiting on observable state.
+//! Child processes that die with the test (or with the process that started them),
+//! free ports, and waiting on observable state.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// A free TCP port on 127.0.0.1 (released for the caller to bind).
+/// A free TCP port on 127.0.0.1 (released for the caller to bind). Panics only
+/// when no loopback port can be bound at all.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free loopback port")
+}
+
+/// Makes the process `cmd` starts receive SIGTERM when the thread that spawns it
+/// ends (a panic, a killed benchmark), so no broker or simulator outlives its run.
+/// Spawn from the thread that owns the child for its whole life.
+pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
 }
 
 /// A spawned child that is killed when dropped, even when the test panics.
@@ -27,6 +46,7 @@ impl ChildGuard {
     /// Sends a signal (libc constant) to the process.
     pub fn signal(&self, sig: i32) {
         if let Some(c) = &self.child {
+            // SAFETY: kill(2) has no memory effects; the pid is our own child's.
             unsafe {
                 libc::kill(c.id() as i32, sig);
             }

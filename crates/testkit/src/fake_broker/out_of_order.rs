@@ -1,6 +1,6 @@
-//! A FAKE broker, for the one fault Mosquitto cannot produce: PUBACKs out of order
-//! (so rumqttc holds a publish back on a packet-id collision) and then the held
-//! PUBACK followed at once by a dropped connection. It speaks just enough MQTT 3.1.1
+//! A FAKE broker on a plain thread, for the one fault Mosquitto cannot produce:
+//! PUBACKs out of order (so rumqttc holds a publish back on a packet-id collision)
+//! and then the held PUBACK followed at once by a dropped connection. It speaks just enough MQTT 3.1.1
 //! for device-sim and records which `seq` values it acknowledged.
 
 use std::collections::BTreeSet;
@@ -16,7 +16,7 @@ struct Seen {
 }
 
 /// The fake broker; it runs until the test process ends.
-pub struct FakeBroker {
+pub struct OutOfOrderBroker {
     /// Its port on 127.0.0.1.
     pub port: u16,
     seen: Arc<Mutex<Seen>>,
@@ -55,11 +55,11 @@ fn puback(pkid: u16) -> [u8; 4] {
     [0x40, 0x02, p[0], p[1]]
 }
 
-impl FakeBroker {
+impl OutOfOrderBroker {
     /// Connection 1: holds the first PUBACK and acknowledges the rest; once the client
     /// goes quiet (its packet ids have wrapped onto the held one), sends the held PUBACK
     /// and closes in the same breath. Later connections: only the first PUBLISH is acknowledged.
-    pub fn out_of_order_then_drop() -> FakeBroker {
+    pub fn start() -> OutOfOrderBroker {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let seen = Arc::new(Mutex::new(Seen::default()));
@@ -70,7 +70,7 @@ impl FakeBroker {
                 let _ = Self::serve(n + 1, &mut c, &s);
             }
         });
-        FakeBroker { port, seen }
+        OutOfOrderBroker { port, seen }
     }
 
     fn serve(n: usize, c: &mut TcpStream, seen: &Mutex<Seen>) -> std::io::Result<()> {
