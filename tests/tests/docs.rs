@@ -91,11 +91,47 @@ fn no_file_in_the_repository_points_outside_it() {
     );
 }
 
+/// The sources of the collector's store (`store.rs`, or a `store/` module with
+/// its submodules), each without its test module, joined.
+fn store_sources() -> String {
+    fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+    let src = repo().join("crates/collector/src");
+    let mut files = Vec::new();
+    walk(&src, &mut files);
+    files.retain(|f| {
+        let rel = f.strip_prefix(&src).unwrap().to_string_lossy().into_owned();
+        (rel == "store.rs" || rel.starts_with("store/")) && !rel.ends_with("tests.rs")
+    });
+    files.sort();
+    assert!(
+        !files.is_empty(),
+        "no store sources under {}",
+        src.display()
+    );
+    files
+        .iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(f).unwrap();
+            text.split("#[cfg(test)]").next().unwrap().to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Every `CREATE TABLE` of the collector's SQLite store with its column names,
 /// plus any column added later with `ALTER TABLE … ADD COLUMN`.
 fn store_tables() -> Vec<(String, Vec<String>)> {
-    let src = read("crates/collector/src/store.rs");
-    let src = src.split("#[cfg(test)]").next().unwrap();
+    let src = store_sources();
+    let src = src.as_str();
     let mut tables: Vec<(String, Vec<String>)> = Vec::new();
     let mut rest = src;
     while let Some(i) = rest.find("CREATE TABLE") {
