@@ -23,8 +23,10 @@ use std::time::Duration;
     args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
+    /// The subcommand; none runs the collector.
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// The arguments of the collector itself.
     #[command(flatten)]
     pub run: RunArgs,
 }
@@ -41,6 +43,7 @@ pub enum Command {
 /// Arguments of the collector itself.
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// `--env-file` and the other connection arguments both binaries share.
     #[command(flatten)]
     pub connection: ConnectionArgs,
     /// SQLite database to write (created if missing) [env: COLLECTOR_DB; default collector.db]

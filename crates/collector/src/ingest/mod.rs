@@ -11,17 +11,29 @@
 //! Acknowledgements of messages that arrived on an earlier connection are dropped:
 //! a packet id belongs to one connection, and the broker sends those messages again
 //! on the resumed session, where the unique `(device_id, seq)` index absorbs them.
+//!
+//! [`run`] spawns the connection and hands its events to [`Ingest`], the loop
+//! itself, which needs no broker: it reads an event channel and acknowledges
+//! through an [`Acker`].
+
+mod ack;
+#[cfg(test)]
+mod tests;
 
 use crate::ready::ReadyFile;
 use crate::stats::percentiles;
 use crate::store::{Record, RejectedRow, StoreError, StoreWorker, TelemetryRow, WriteOutcome};
 use crate::validate::validate;
+pub use ack::{AckLost, Acker};
 use mqtt_core::connection::ConnectionOptions;
 use mqtt_core::message::unix_now;
 use mqtt_core::{spawn_connection, ConnectionEvent, PermanentFailure, Settings};
-use rumqttc::{AsyncClient, Publish, QoS};
-use std::time::{Duration, Instant};
+use rumqttc::{Publish, QoS};
+use std::time::Duration;
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::oneshot;
+// tokio's clock, so that paused time in the tests drives the flush interval too.
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -38,8 +50,8 @@ pub struct IngestConfig {
     pub flush_interval: Duration,
     /// Largest payload accepted.
     pub max_payload: usize,
-    /// How often the status line is logged.
-    pub status_interval: Duration,
+    /// How often the status line is logged; never when `None`.
+    pub status_interval: Option<Duration>,
     /// Present while the subscription is confirmed on a live connection.
     pub ready_file: Option<std::path::PathBuf>,
 }
@@ -114,6 +126,9 @@ struct Interval {
 
 /// Runs until `cancel` fires (then commits, acknowledges, disconnects: `Ok`), or
 /// a permanent connection failure or a store failure ends it.
+///
+/// `store` may wrap any [`Store`](crate::store::Store); the connection is the only
+/// part that needs a broker, and [`Ingest`] runs without it.
 pub async fn run(
     settings: &Settings,
     cfg: IngestConfig,
@@ -139,6 +154,7 @@ pub async fn run(
         batch_size = cfg.batch_size,
         "collector starting"
     );
+    // Before connecting: an unusable readiness file must not cost a session.
     let ready = ReadyFile::new(cfg.ready_file.clone()).map_err(|e| {
         IngestError::ReadyFile(format!(
             "{}: {e}",
@@ -149,37 +165,8 @@ pub async fn run(
         ))
     })?;
     let mut conn = spawn_connection(settings, opts, cancel.clone());
-    let mut ingest = Ingest {
-        ready,
-        cfg,
-        client: conn.client.clone(),
-        store,
-        epoch: 0,
-        open: Batch::default(),
-        in_flight: None,
-        interval: Interval::default(),
-        interval_start: Instant::now(),
-        idle_logged: false,
-    };
-
-    let outcome = ingest.read_loop(&mut conn.events, &cancel).await;
-    // Leaving: devices must not be told to start on our account any more.
-    ingest.ready.set(false);
-    let outcome = match outcome {
-        Ok(()) => ingest.drain().await.map_err(IngestError::from),
-        Err(IngestError::Store(e)) => {
-            error!("{e}; stopping without acknowledging anything more");
-            Err(IngestError::Store(e))
-        }
-        Err(other) => {
-            // Keep what was read (unacknowledged: the broker sends it again later).
-            if let Err(e) = ingest.drain_without_acks().await {
-                error!("{e}");
-            }
-            Err(other)
-        }
-    };
-    ingest.log_status();
+    let mut ingest = Ingest::new(cfg, ready, conn.client.clone(), store);
+    let outcome = ingest.consume(&mut conn.events, &cancel).await;
 
     // Leave cleanly: pending acknowledgements are written before the DISCONNECT.
     let _ = tokio::time::timeout(Duration::from_secs(2), conn.client.disconnect()).await;
@@ -195,10 +182,13 @@ pub async fn run(
     outcome
 }
 
-struct Ingest {
+/// The loop itself, without the connection: it reads [`ConnectionEvent`]s, commits
+/// batches through the store and acknowledges through `A`, so it runs in a test
+/// with a fake store, a recording acker and paused time.
+pub struct Ingest<A: Acker> {
     ready: ReadyFile,
     cfg: IngestConfig,
-    client: AsyncClient,
+    acker: A,
     store: StoreWorker,
     /// Bumped on every disconnect; acks of older epochs are dropped.
     epoch: u64,
@@ -209,15 +199,62 @@ struct Ingest {
     idle_logged: bool,
 }
 
-impl Ingest {
-    async fn read_loop(
+impl<A: Acker> Ingest<A> {
+    /// A loop over `store` that acknowledges through `acker` and keeps `ready` up to date.
+    pub fn new(cfg: IngestConfig, ready: ReadyFile, acker: A, store: StoreWorker) -> Self {
+        Ingest {
+            ready,
+            cfg,
+            acker,
+            store,
+            epoch: 0,
+            open: Batch::default(),
+            in_flight: None,
+            interval: Interval::default(),
+            interval_start: Instant::now(),
+            idle_logged: false,
+        }
+    }
+
+    /// Consumes `events` until `cancel` fires, then commits and acknowledges what was
+    /// read (`Ok`). A store failure ends it at once, acknowledging nothing more; a
+    /// permanent connection failure ends it after storing (not acknowledging) what was read.
+    pub async fn consume(
         &mut self,
-        events: &mut tokio::sync::mpsc::UnboundedReceiver<ConnectionEvent>,
+        events: &mut UnboundedReceiver<ConnectionEvent>,
         cancel: &CancellationToken,
     ) -> Result<(), IngestError> {
-        let start = tokio::time::Instant::now() + self.cfg.status_interval;
-        let mut status = tokio::time::interval_at(start, self.cfg.status_interval);
-        status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let outcome = self.read_loop(events, cancel).await;
+        // Leaving: devices must not be told to start on our account any more.
+        self.ready.set(false);
+        let outcome = match outcome {
+            Ok(()) => self.drain().await.map_err(IngestError::from),
+            Err(IngestError::Store(e)) => {
+                error!("{e}; stopping without acknowledging anything more");
+                Err(IngestError::Store(e))
+            }
+            Err(other) => {
+                // Keep what was read (unacknowledged: the broker sends it again later).
+                if let Err(e) = self.drain_without_acks().await {
+                    error!("{e}");
+                }
+                Err(other)
+            }
+        };
+        self.log_status();
+        outcome
+    }
+
+    async fn read_loop(
+        &mut self,
+        events: &mut UnboundedReceiver<ConnectionEvent>,
+        cancel: &CancellationToken,
+    ) -> Result<(), IngestError> {
+        let mut status = self.cfg.status_interval.map(|every| {
+            let mut status = tokio::time::interval_at(Instant::now() + every, every);
+            status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            status
+        });
         loop {
             let can_read = self.open.len() < self.cfg.batch_size;
             tokio::select! {
@@ -230,18 +267,9 @@ impl Ingest {
                 event = events.recv(), if can_read => {
                     let Some(event) = event else { return Err(IngestError::ConnectionGone) };
                     self.on_event(event)?;
-                    // Take whatever else is already waiting, up to a full batch or
-                    // the flush interval (a commit is never held back waiting for more).
-                    while self.open.len() < self.cfg.batch_size
-                        && !self.open.expired(self.cfg.flush_interval)
-                    {
-                        match events.try_recv() {
-                            Ok(event) => self.on_event(event)?,
-                            Err(_) => break,
-                        }
-                    }
+                    self.take_waiting(events)?;
                 }
-                _ = status.tick() => self.log_status(),
+                _ = async { status.as_mut().expect("guarded").tick().await }, if status.is_some() => self.log_status(),
             }
             // No input waiting, the batch full or old enough: commit now, unless a
             // transaction is running (then this batch goes as soon as it returns).
@@ -249,6 +277,21 @@ impl Ingest {
                 self.commit();
             }
         }
+    }
+
+    /// Takes whatever else is already waiting, up to a full batch or the flush
+    /// interval (a commit is never held back waiting for more).
+    fn take_waiting(
+        &mut self,
+        events: &mut UnboundedReceiver<ConnectionEvent>,
+    ) -> Result<(), IngestError> {
+        while self.open.len() < self.cfg.batch_size && !self.open.expired(self.cfg.flush_interval) {
+            match events.try_recv() {
+                Ok(event) => self.on_event(event)?,
+                Err(_) => break,
+            }
+        }
+        Ok(())
     }
 
     fn on_event(&mut self, event: ConnectionEvent) -> Result<(), IngestError> {
@@ -358,9 +401,7 @@ impl Ingest {
                 self.interval.dropped_acks += 1;
                 continue;
             }
-            let mut p = Publish::new("", a.qos, Vec::new());
-            p.pkid = a.pkid;
-            if self.client.ack(&p).await.is_err() {
+            if self.acker.ack(a.pkid, a.qos).await.is_err() {
                 // The event loop is gone; the broker keeps the message and sends it again.
                 self.interval.dropped_acks += 1;
             }

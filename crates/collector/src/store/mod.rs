@@ -1,0 +1,96 @@
+//! The storage boundary: the [`Store`] trait ingest writes batches through, the
+//! records it writes and the errors it reports. Each backend is a module of its own:
+//! [`sqlite`] (contract section 4) now. [`StoreWorker`] runs any store on its own
+//! thread so no blocking I/O ever happens on the async workers.
+//!
+//! A batch is one transaction: when [`Store::write_batch`] returns `Ok`, every
+//! record of it is durable (to the process crash with `synchronous=NORMAL`, to a
+//! power loss with `FULL`), and only then may ingest acknowledge the messages.
+
+pub mod sqlite;
+mod worker;
+
+pub use sqlite::{open_read_only, payload_hash, SqliteStore, SyncMode};
+pub use worker::StoreWorker;
+
+use std::path::PathBuf;
+
+/// One message to keep: a telemetry row or a rejection.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    /// A valid message, for the `telemetry` table.
+    Telemetry(TelemetryRow),
+    /// A message that failed validation, for the `rejected` table.
+    Rejected(RejectedRow),
+}
+
+/// A row of `telemetry`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetryRow {
+    /// Device id.
+    pub device_id: String,
+    /// Sequence number, when the payload has one.
+    pub seq: Option<i64>,
+    /// The topic it arrived on.
+    pub topic: String,
+    /// Unix seconds of the publish, from the payload.
+    pub publish_ts: Option<f64>,
+    /// Unix seconds when the collector read it.
+    pub receive_ts: f64,
+    /// The JSON as received.
+    pub payload: String,
+}
+
+/// A row of `rejected`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RejectedRow {
+    /// The topic it arrived on.
+    pub topic: String,
+    /// Unix seconds when the collector read it.
+    pub receive_ts: f64,
+    /// Why it was rejected.
+    pub reason: String,
+    /// The payload (cut at the size limit when it was larger).
+    pub payload: Vec<u8>,
+}
+
+/// What a committed batch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// New rows in `telemetry`.
+    pub stored: usize,
+    /// Telemetry records whose `(device_id, seq)` was already stored.
+    pub duplicates: usize,
+    /// New rows in `rejected`.
+    pub rejected: usize,
+}
+
+/// Why the store cannot be opened or written. Each message names the file and a fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be opened or prepared.
+    #[error("cannot open the database {path}: {reason}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// Why, with a fix.
+        reason: String,
+    },
+    /// A transaction failed: nothing of the batch is stored.
+    #[error("cannot write to the database {path}: {source}; check free disk space and that the file and its directory are writable")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// What SQLite said.
+        source: rusqlite::Error,
+    },
+    /// The store thread has ended (it panicked or was shut down).
+    #[error("the store thread has stopped")]
+    WorkerGone,
+}
+
+/// Where telemetry is kept. SQLite now; other databases later, without touching ingest.
+pub trait Store: Send {
+    /// Writes every record in one transaction, or nothing.
+    fn write_batch(&mut self, batch: &[Record]) -> Result<WriteOutcome, StoreError>;
+}
