@@ -1,38 +1,11 @@
-//! The benchmark's own Mosquitto: a generated configuration with deliberate limits,
-//! free loopback ports (plain and TLS), a raised open-file limit, and where clients
-//! find it ([`Endpoint`]).
+//! The benchmark's own Mosquitto, started by testkit's launcher: a configuration
+//! with deliberate limits, free loopback ports (plain and TLS), a raised open-file
+//! limit, and where clients find it ([`Endpoint`]).
 
-use anyhow::{bail, Context, Result};
-use mqtt_core::certgen::DevCertificates;
+use anyhow::{Context, Result};
 use mqtt_core::{Env, Settings};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
-
-/// The development CA and server certificate the broker's TLS listener uses.
-#[derive(Debug, Clone)]
-pub struct Pki {
-    /// CA certificate clients trust.
-    pub ca: PathBuf,
-    /// Server certificate (names localhost and 127.0.0.1).
-    pub server_crt: PathBuf,
-    /// Server key.
-    pub server_key: PathBuf,
-}
-
-impl Pki {
-    /// Generates a CA and a server certificate into `dir`.
-    pub fn generate(dir: &Path) -> Result<Pki> {
-        let certs = DevCertificates::generate(&[], &[], 2).context("generating certificates")?;
-        certs.write(dir, true).context("writing certificates")?;
-        Ok(Pki {
-            ca: dir.join("ca.crt"),
-            server_crt: dir.join("server.crt"),
-            server_key: dir.join("server.key"),
-        })
-    }
-}
+use testkit::{BrokerConfig, Pki};
 
 /// The broker limits that shape the figures; printed with every run.
 #[derive(Debug, Clone, Copy)]
@@ -131,23 +104,11 @@ impl Endpoint {
     }
 }
 
-/// A port nobody listens on right now.
-pub fn free_port() -> Result<u16> {
-    let l = TcpListener::bind(("127.0.0.1", 0)).context("binding a loopback port")?;
-    Ok(l.local_addr()?.port())
-}
-
 /// A Mosquitto process with its configuration; killed on drop.
 pub struct Broker {
-    /// Plain listener.
-    pub plain_port: u16,
-    /// TLS listener.
-    pub tls_port: u16,
+    inner: testkit::Broker,
     /// The CA clients trust for the TLS listener.
-    pub ca: PathBuf,
-    conf_path: PathBuf,
-    log_path: PathBuf,
-    child: Option<Child>,
+    ca: PathBuf,
     /// The open-file limit the broker actually got.
     pub nofile: Option<u64>,
 }
@@ -155,7 +116,7 @@ pub struct Broker {
 impl Broker {
     /// Writes a configuration into `dir` and starts Mosquitto on fresh ports.
     pub fn start(dir: &Path, pki: &Pki, limits: Limits) -> Result<Broker> {
-        Self::start_on(dir, pki, limits, free_port()?, free_port()?)
+        Self::start_with(BrokerConfig::new(), dir, pki, limits)
     }
 
     /// Like [`Broker::start`], on given ports (to come up where clients already wait).
@@ -166,125 +127,61 @@ impl Broker {
         plain_port: u16,
         tls_port: u16,
     ) -> Result<Broker> {
-        std::fs::create_dir_all(dir)?;
-        let log_path = dir.join("mosquitto.log");
-        let mut conf = vec![
-            // The benchmark runs as root; Mosquitto would otherwise drop to a user that cannot read the keys.
-            "user root".to_string(),
-            "allow_anonymous true".into(),
-            "persistence false".into(),
-            format!("log_dest file {}", log_path.display()),
+        let cfg = BrokerConfig::new().port(plain_port).tls_port(tls_port);
+        Self::start_with(cfg, dir, pki, limits)
+    }
+
+    fn start_with(cfg: BrokerConfig, dir: &Path, pki: &Pki, limits: Limits) -> Result<Broker> {
+        let mut cfg = cfg
+            .dir(dir)
+            .tls(pki)
             // Logging every connection of 10,000 devices would measure the log, not the broker.
-            "log_type error".into(),
-            "log_type warning".into(),
-            "connection_messages false".into(),
-            "sys_interval 1".into(),
-        ];
-        conf.extend(limits.conf_lines());
-        conf.push(format!("listener {plain_port} 127.0.0.1"));
-        conf.push(format!("listener {tls_port} 127.0.0.1"));
-        conf.push(format!("cafile {}", pki.ca.display()));
-        conf.push(format!("certfile {}", pki.server_crt.display()));
-        conf.push(format!("keyfile {}", pki.server_key.display()));
-        let conf_path = dir.join("mosquitto.conf");
-        std::fs::write(&conf_path, conf.join("\n") + "\n")?;
-        let mut b = Broker {
-            plain_port,
-            tls_port,
-            ca: pki.ca.clone(),
-            conf_path,
-            log_path,
-            child: None,
-            nofile: None,
-        };
-        b.run()?;
-        Ok(b)
+            .quiet()
+            // 10,000 devices need more descriptors than the usual 1,024.
+            .open_files(65_536)
+            .conf("sys_interval 1");
+        for line in limits.conf_lines() {
+            cfg = cfg.conf(&line);
+        }
+        let inner = testkit::Broker::try_start(cfg).context("starting the benchmark's broker")?;
+        let nofile = inner.pid().and_then(crate::procstat::open_file_limit);
+        Ok(Broker {
+            inner,
+            ca: pki.ca_crt.clone(),
+            nofile,
+        })
     }
 
     /// The command that starts it, for the report.
     pub fn command_line(&self) -> String {
-        format!(
-            "sh -c 'ulimit -n 65536 || ulimit -n $(ulimit -Hn); exec mosquitto -c {}'",
-            self.conf_path.display()
-        )
+        self.inner.command_line()
     }
 
     /// The configuration text.
     pub fn config_text(&self) -> String {
-        std::fs::read_to_string(&self.conf_path).unwrap_or_default()
-    }
-
-    fn run(&mut self) -> Result<()> {
-        // 10,000 devices need more descriptors than the usual 1,024; a container may cap
-        // the hard limit lower than 65,536, so fall back to the hard limit.
-        let script = format!(
-            "ulimit -n 65536 2>/dev/null || ulimit -n $(ulimit -Hn); exec mosquitto -c '{}'",
-            self.conf_path.display()
-        );
-        let child = crate::procstat::child_command("sh")
-            .arg("-c")
-            .arg(script)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting mosquitto (apt-get install mosquitto)")?;
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                self.child = None;
-                bail!(
-                    "mosquitto exited at start ({status}); log:\n{}\nconfig:\n{}",
-                    std::fs::read_to_string(&self.log_path).unwrap_or_default(),
-                    self.config_text()
-                );
-            }
-            let up = [self.plain_port, self.tls_port]
-                .iter()
-                .all(|p| TcpStream::connect(("127.0.0.1", *p)).is_ok());
-            if up {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("mosquitto did not listen within 10 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.nofile = self.pid().and_then(crate::procstat::open_file_limit);
-        Ok(())
+        self.inner.config_text()
     }
 
     /// The broker's process id while it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
+        self.inner.pid()
     }
 
     /// The plain or the TLS listener.
     pub fn endpoint(&self, tls: bool) -> Endpoint {
         if tls {
             Endpoint {
-                port: self.tls_port,
+                port: self
+                    .inner
+                    .tls_port
+                    .expect("the benchmark's broker has a TLS listener"),
                 tls_ca: Some(self.ca.clone()),
             }
         } else {
             Endpoint {
-                port: self.plain_port,
+                port: self.inner.plain_port,
                 tls_ca: None,
             }
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
         }
     }
 }

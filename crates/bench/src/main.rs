@@ -12,7 +12,7 @@ mod scenarios;
 mod wire;
 
 use anyhow::{Context, Result};
-use broker::{Limits, Pki};
+use broker::Limits;
 use clap::Parser;
 use cli::{Cli, Scenario};
 use report::{Report, Section};
@@ -120,7 +120,7 @@ fn run(cli: Cli) -> Result<()> {
         .tempdir()
         .context("creating a working directory")?;
     let dir = tmp.path().to_path_buf();
-    let pki = Pki::generate(&dir.join("certs"))?;
+    let pki = testkit::Pki::try_in(&dir.join("certs"))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -17,17 +17,8 @@ pub fn signal(pid: u32, sig: i32) {
 /// A command whose process gets SIGTERM when the benchmark dies (a closed pipe, a
 /// panic), so no broker or simulator outlives the run that started it.
 pub fn child_command(program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
-    use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new(program);
-    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    testkit::die_with_parent(&mut cmd);
     cmd
 }
 

@@ -269,3 +269,47 @@ impl Drop for Broker {
         self.kill();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (soft, hard) open-file limits of a process (`self` for this one).
+    fn limits_of(pid: &str) -> (String, String) {
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap();
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f[3].to_string(), f[4].to_string())
+    }
+
+    #[test]
+    fn a_raised_open_file_limit_survives_a_restart_on_the_same_port() {
+        let mut b = Broker::start(BrokerConfig::new().quiet().open_files(2048));
+        assert!(b.command_line().starts_with("sh -c 'ulimit -n 2048 "));
+        let (port, pid) = (b.plain_port, b.pid().unwrap());
+        let hard = limits_of("self").1;
+        let want = match hard.parse::<u64>() {
+            Ok(h) if h < 2048 => hard,
+            _ => "2048".to_string(),
+        };
+        assert_eq!(limits_of(&pid.to_string()).0, want);
+        b.restart();
+        assert_ne!(b.pid().unwrap(), pid);
+        assert_eq!(b.plain_port, port);
+        assert!(TcpStream::connect(("127.0.0.1", port)).is_ok());
+        b.kill();
+        assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
+    }
+
+    #[test]
+    fn a_bad_line_is_an_error_with_the_config() {
+        let err = match Broker::try_start(BrokerConfig::new().conf("no_such_option 1")) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("mosquitto accepted an unknown option"),
+        };
+        assert!(err.contains("no_such_option 1"), "{err}");
+    }
+}

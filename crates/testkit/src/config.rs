@@ -186,3 +186,49 @@ pub(crate) fn mosquitto_passwd(file: &Path, users: &[(String, String)]) -> Resul
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quiet_tls_config_logs_only_problems_and_lists_both_listeners() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::try_in(&dir.path().join("certs")).unwrap();
+        let text = BrokerConfig::new()
+            .tls(&pki)
+            .quiet()
+            .conf("max_inflight_messages 7")
+            .render(dir.path(), 1883, Some(8883))
+            .unwrap();
+        assert!(!text.contains("log_type all"), "{text}");
+        assert!(
+            text.contains("log_type error\nlog_type warning\n"),
+            "{text}"
+        );
+        assert!(text.contains("connection_messages false"), "{text}");
+        assert!(text.contains("allow_anonymous true"), "{text}");
+        let extra = text.find("max_inflight_messages 7").unwrap();
+        let plain = text.find("listener 1883 127.0.0.1").unwrap();
+        let tls = text.find("listener 8883 127.0.0.1").unwrap();
+        assert!(extra < plain && plain < tls, "{text}");
+        assert!(text.contains(&format!("cafile {}", pki.ca_crt.display())));
+        assert!(text.contains("require_certificate false"), "{text}");
+    }
+
+    #[test]
+    fn plain_config_logs_everything_and_has_no_tls_listener() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = BrokerConfig::new()
+            .persistence(true)
+            .render(dir.path(), 1883, None)
+            .unwrap();
+        assert!(
+            text.contains("log_type all\nconnection_messages true\n"),
+            "{text}"
+        );
+        assert!(text.contains("persistence true"), "{text}");
+        assert_eq!(text.matches("listener ").count(), 1, "{text}");
+        assert!(!text.contains("cafile"), "{text}");
+    }
+}

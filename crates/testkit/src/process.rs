@@ -135,3 +135,40 @@ pub fn env_with(mut env: Vec<(String, String)>, extra: &[(&str, &str)]) -> Vec<(
     }
     env
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_with_replaces_earlier_values() {
+        let env = vec![("A".to_string(), "1".to_string()), ("B".into(), "2".into())];
+        let env = env_with(env, &[("A", "3"), ("C", "4")]);
+        let want: Vec<(String, String)> = [("B", "2"), ("A", "3"), ("C", "4")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(env, want);
+    }
+
+    #[test]
+    fn wait_until_reports_a_timeout_as_false() {
+        assert!(!wait_until(Duration::from_millis(50), || false));
+        let mut n = 0;
+        assert!(wait_until(Duration::from_secs(5), || {
+            n += 1;
+            n > 2
+        }));
+    }
+
+    #[test]
+    fn a_child_guard_kills_on_drop() {
+        let mut guard = spawn(Command::new("sleep").arg("30"));
+        assert!(guard.is_running());
+        let pid = guard.pid() as i32;
+        drop(guard);
+        // SAFETY: signal 0 only checks that the pid exists; it was our reaped child.
+        let alive = unsafe { libc::kill(pid, 0) } == 0;
+        assert!(!alive, "sleep {pid} survived its guard");
+    }
+}

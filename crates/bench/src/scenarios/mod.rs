@@ -8,9 +8,10 @@ pub mod throughput;
 pub mod tls;
 
 use crate::binaries::Programs;
-use crate::broker::{Limits, Pki};
+use crate::broker::Limits;
 use crate::report::Section;
 use std::path::{Path, PathBuf};
+use testkit::Pki;
 
 /// What every scenario needs.
 pub struct Ctx {

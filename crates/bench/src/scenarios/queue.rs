@@ -3,7 +3,7 @@
 //! on the port device-sim keeps trying, and the queue is drained (drain rate).
 
 use super::{guarded, queued_rows, Ctx};
-use crate::broker::{free_port, Broker, Endpoint};
+use crate::broker::{Broker, Endpoint};
 use crate::consumers::spawn_device_sim;
 use crate::procstat;
 use crate::report::{Row, Section};
@@ -33,7 +33,7 @@ fn one(ctx: &Ctx, s: &mut Section, total: u64, devices: u64) -> Result<()> {
     let sim = ctx.programs.device_sim.clone().map_err(|e| anyhow!(e))?;
     let per_device = total / devices;
     let dir = ctx.subdir(&format!("queue-{devices}"));
-    let (plain_port, tls_port) = (free_port()?, free_port()?);
+    let (plain_port, tls_port) = (testkit::free_port(), testkit::free_port());
     let ep = Endpoint {
         port: plain_port,
         tls_ca: None,
