@@ -1,8 +1,10 @@
-//! The command line of device-sim (clap derive; the doc comments are the `--help` text).
+//! The command line of device-sim (clap derive; the doc comments are the `--help` text)
+//! and its resolution into connection settings and a fleet config.
 
+use crate::fleet::FleetConfig;
 use clap::Parser;
 use mqtt_core::settings::parse_duration;
-use mqtt_core::ConnectionArgs;
+use mqtt_core::{ConnectionArgs, Settings, SettingsError};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -19,6 +21,7 @@ use std::time::Duration;
 #[derive(Debug, Parser)]
 #[command(name = "device-sim", version, about, long_about, after_help = mqtt_core::help::after_help(&[]))]
 pub struct Cli {
+    /// `--env-file` and the other connection arguments both binaries share.
     #[command(flatten)]
     pub connection: ConnectionArgs,
 
@@ -78,6 +81,43 @@ pub struct Cli {
     pub status_interval: Duration,
 }
 
+/// The target these lines had when `main.rs` logged them, so log readers see no change.
+const LOG_TARGET: &str = "device_sim";
+
+impl Cli {
+    /// The connection settings: `MQTT_*` from the environment over the `.env` file.
+    pub fn settings(&self) -> Result<Settings, SettingsError> {
+        let env = self.connection.env()?;
+        mqtt_core::settings::warn_unknown_variables(
+            &env,
+            &["MQTT_", "DEVICE_SIM_"],
+            mqtt_core::settings::VARIABLES,
+        );
+        if env.get("MQTT_CLIENT_ID").is_some() {
+            tracing::warn!(target: LOG_TARGET, "MQTT_CLIENT_ID is ignored by device-sim: each device connects with its device id as client id");
+        }
+        Settings::from_env(&env)
+    }
+
+    /// What the fleet is asked to do; without `--seed`, a random one.
+    pub fn fleet_config(self) -> FleetConfig {
+        FleetConfig {
+            count: self.count,
+            id_prefix: self.id_prefix,
+            interval: self.interval,
+            messages: self.messages,
+            duration: self.duration,
+            queue: self.queue,
+            queue_limit: self.queue_limit,
+            seed: self.seed.unwrap_or_else(rand::random),
+            legacy_topic: self.legacy_topic,
+            connect_rate: self.connect_rate,
+            window: self.window,
+            status_interval: self.status_interval,
+        }
+    }
+}
+
 fn positive_duration(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
     if d.is_zero() {
@@ -130,6 +170,27 @@ mod tests {
         assert_eq!(cli.queue, PathBuf::from("device-sim-queue.db"));
         assert_eq!(cli.queue_limit, 10_000);
         assert_eq!(cli.window, 10);
+    }
+
+    #[test]
+    fn the_fleet_config_takes_every_flag() {
+        let cli = Cli::parse_from([
+            "device-sim",
+            "--count",
+            "3",
+            "--seed",
+            "7",
+            "--messages",
+            "5",
+            "--legacy-topic",
+            "--window",
+            "4",
+        ]);
+        let cfg = cli.fleet_config();
+        assert_eq!((cfg.count, cfg.seed, cfg.messages), (3, 7, Some(5)));
+        assert!(cfg.legacy_topic);
+        assert_eq!(cfg.window, 4);
+        assert_eq!(cfg.status_interval, Duration::from_secs(5));
     }
 
     #[test]

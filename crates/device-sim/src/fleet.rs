@@ -17,7 +17,7 @@ use mqtt_core::connection::ConnectionOptions;
 use mqtt_core::message::{
     data_topic, legacy_topic, unix_now, validate_device_id, with_publish_time,
 };
-use mqtt_core::{spawn_connection, ConnectionEvent, PermanentFailure, Settings};
+use mqtt_core::{exit, spawn_connection, ConnectionEvent, PermanentFailure, Settings};
 use rumqttc::QoS;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
@@ -83,6 +83,17 @@ pub enum FleetError {
     /// Anything else.
     #[error("{0}")]
     Internal(String),
+}
+
+impl FleetError {
+    /// The process exit code for this failure (contract section 6).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            FleetError::Permanent(_) => exit::PERMANENT,
+            FleetError::Config(_) => exit::CONFIG,
+            FleetError::Queue(_) | FleetError::Internal(_) => exit::FAILURE,
+        }
+    }
 }
 
 /// The device ids of a run: `{prefix}{index}` from 1, at least two digits.
@@ -480,26 +491,15 @@ impl Device {
 /// `devices` connections cannot fit.
 pub fn raise_open_file_limit(devices: u64) -> Result<(), FleetError> {
     let needed = devices + SPARE_FILES;
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we own.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+    let nofile = rlimit::Resource::NOFILE;
+    // Unknown limits: let the connections find out.
+    let Ok((old, hard)) = nofile.get() else {
         return Ok(());
-    }
-    let old = lim.rlim_cur;
+    };
     if old >= needed {
         return Ok(());
     }
-    let hard = lim.rlim_max;
-    let new = lim.rlim_max;
-    let raised = libc::rlimit {
-        rlim_cur: new,
-        rlim_max: lim.rlim_max,
-    };
-    // SAFETY: setrlimit reads the struct we own.
-    let ok = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0;
+    let ok = nofile.set(hard, hard).is_ok();
     if ok && hard >= needed {
         info!("raised the open-file limit from {old} to {hard} for {devices} connections");
         return Ok(());
@@ -524,6 +524,17 @@ mod tests {
         assert_eq!(&*device_ids("v", 100).unwrap()[99], "v100");
         let err = device_ids("bad/prefix", 1).unwrap_err().to_string();
         assert!(err.contains("--id-prefix"), "{err}");
+    }
+
+    #[test]
+    fn each_failure_has_its_exit_code() {
+        assert_eq!(FleetError::Config("x".into()).exit_code(), exit::CONFIG);
+        assert_eq!(FleetError::Internal("x".into()).exit_code(), exit::FAILURE);
+        let f = PermanentFailure {
+            broker: "b:1883".into(),
+            cause: "not authorised".into(),
+        };
+        assert_eq!(FleetError::Permanent(f).exit_code(), exit::PERMANENT);
     }
 
     #[test]
