@@ -1,6 +1,7 @@
 //! Helpers shared by the operator-kit tests (certgen, broker_config, compose,
-//! docs, demo, tls_guide): the repository root, tools that must be installed,
-//! process output for messages, and the scan of which variables the code reads.
+//! docs, env_examples, troubleshooting, demo, tls_guide): the repository root,
+//! tools that must be installed, process output for messages, the scan of which
+//! variables the code reads, tracked files, and Markdown sections.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -129,4 +130,41 @@ pub fn tracked_files() -> Vec<PathBuf> {
         .filter(|p| !p.is_empty())
         .map(|p| PathBuf::from(String::from_utf8_lossy(p).into_owned()))
         .collect()
+}
+
+/// The text of the section of a Markdown document under the heading that starts
+/// with `heading` (e.g. `## Docker`), up to the next heading of the same or a higher level.
+pub fn section<'a>(doc: &'a str, heading: &str) -> &'a str {
+    let level = heading.chars().take_while(|c| *c == '#').count();
+    let start = doc
+        .lines()
+        .scan(0, |pos, l| {
+            let at = *pos;
+            *pos += l.len() + 1;
+            Some((at, l))
+        })
+        .find(|(_, l)| l.starts_with(heading))
+        .unwrap_or_else(|| panic!("no heading {heading:?}"))
+        .0;
+    let body = &doc[start..];
+    let mut end = body.len();
+    let mut pos = body.find('\n').map_or(body.len(), |i| i + 1);
+    let mut in_code = false;
+    for l in body[pos.min(body.len())..].lines() {
+        if l.starts_with("```") {
+            in_code = !in_code;
+        }
+        let hashes = l.chars().take_while(|c| *c == '#').count();
+        if !in_code && hashes > 0 && hashes <= level && l[hashes..].starts_with(' ') {
+            end = pos;
+            break;
+        }
+        pos += l.len() + 1;
+    }
+    &body[..end.min(body.len())]
+}
+
+/// `s` with every run of whitespace (line breaks, indentation) made one space.
+pub fn words(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }

@@ -2,8 +2,7 @@
 //! blocks run as they are written (only the port and the binaries' directory are
 //! replaced) as the user running the tests, with a real Mosquitto.
 
-use crate::docs::section;
-use crate::kit::{mode, repo, text};
+use crate::kit::{mode, repo, section, text};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::Duration;
