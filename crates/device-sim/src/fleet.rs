@@ -38,6 +38,10 @@ const MAX_UNCOMMITTED: u64 = 16;
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// File descriptors kept free for SQLite, the runtime and logging.
 const SPARE_FILES: u64 = 256;
+/// Up to this many devices, each failed attempt is logged with its device and delay;
+/// a larger fleet gets one line per status interval (500 devices without a broker
+/// would otherwise print hundreds of lines a second).
+const PER_DEVICE_FAILURE_LOGS: u32 = 10;
 
 /// What the run is asked to do (the command line, validated).
 #[derive(Debug, Clone)]
@@ -286,8 +290,7 @@ impl Device {
         opts.request_capacity = window + 2;
         opts.inflight = (window + 2) as u16;
         opts.max_incoming_packet = 64 * 1024;
-        // Failures of all devices are reported together, once per status line.
-        opts.quiet_failures = true;
+        opts.quiet_failures = cfg.count > PER_DEVICE_FAILURE_LOGS;
         let leave = ctx.stop.child_token();
         let mut conn = spawn_connection(&ctx.settings, opts, leave.clone());
         let mut ticker = tokio::time::interval(cfg.interval);
@@ -362,7 +365,9 @@ impl Device {
                 self.ever_connected = true;
             }
             ConnectionEvent::Disconnected { resume, reason } => {
-                ctx.stats.failures.record(self.idx, &reason);
+                if ctx.cfg.count > PER_DEVICE_FAILURE_LOGS {
+                    ctx.stats.failures.record(self.idx, &reason);
+                }
                 if self.connected {
                     self.connected = false;
                     ctx.stats.connected.fetch_sub(1, Relaxed);
