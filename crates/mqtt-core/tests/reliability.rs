@@ -328,3 +328,101 @@ async fn a_tls_client_at_a_silent_plain_port_is_told_on_the_first_timeout() {
     // The connection timeout is the keepalive, at least 5 s.
     assert!(started.elapsed() < Duration::from_secs(15));
 }
+
+#[tokio::test]
+async fn an_ack_read_together_with_the_end_of_the_connection_comes_before_disconnected() {
+    let broker = FakeBroker::start(|n| Plan {
+        close_after_puback: n == 1,
+        ..Plan::normal(n > 1)
+    })
+    .await;
+    let cancel = CancellationToken::new();
+    let mut conn = spawn_connection(
+        &settings(broker.port, &[]),
+        ConnectionOptions::new("ack-then-close"),
+        cancel.clone(),
+    );
+    let names = events_until(&mut conn.events, |e| {
+        matches!(e, ConnectionEvent::Connected { .. })
+    })
+    .await;
+    assert_eq!(names, ["Connected(false)"]);
+    conn.client
+        .try_publish("t/1", rumqttc::QoS::AtLeastOnce, false, b"{}".to_vec())
+        .unwrap();
+    let names = events_until(&mut conn.events, |e| {
+        matches!(e, ConnectionEvent::Disconnected { .. })
+    })
+    .await;
+    // The PUBACK belongs to the old connection: seen after, its packet id would
+    // be paired with a publish of the next one.
+    assert_eq!(names, ["Sent", "Acked", "Disconnected"]);
+    assert_eq!(broker.seen().publishes, [1]);
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn a_packet_id_collision_does_not_hang_the_next_connection() {
+    use std::collections::{BTreeMap, HashMap, VecDeque};
+    // Connection 1 holds the first PUBACK back, so the fourth publish reuses its
+    // packet id (inflight 3) and rumqttc parks it; then the held PUBACK and the end
+    // of the connection arrive together.
+    let broker = tokio::task::spawn_blocking(testkit::fake_broker::OutOfOrderBroker::start)
+        .await
+        .unwrap();
+    let cancel = CancellationToken::new();
+    let opts = ConnectionOptions {
+        inflight: 3,
+        ..ConnectionOptions::new("collision")
+    };
+    let mut conn = spawn_connection(&settings(broker.port, &[]), opts, cancel.clone());
+    let mut unacked: BTreeMap<u64, Vec<u8>> = (1..=4)
+        .map(|seq| (seq, format!(r#"{{"seq":{seq}}}"#).into_bytes()))
+        .collect();
+    let mut written: VecDeque<u64> = VecDeque::new();
+    let mut in_flight: HashMap<u16, u64> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !unacked.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let event = next_event(&mut conn.events, left)
+            .await
+            .unwrap_or_else(|| panic!("stuck with {unacked:?} unacknowledged"));
+        match event {
+            ConnectionEvent::Connected { .. } => {
+                for (seq, payload) in &unacked {
+                    conn.client
+                        .try_publish(
+                            "device/data/c",
+                            rumqttc::QoS::AtLeastOnce,
+                            false,
+                            payload.clone(),
+                        )
+                        .unwrap();
+                    written.push_back(*seq);
+                }
+            }
+            ConnectionEvent::Sent(pkid) => {
+                if let Some(seq) = written.pop_front() {
+                    in_flight.insert(pkid, seq);
+                }
+            }
+            ConnectionEvent::Acked(pkid) => {
+                if let Some(seq) = in_flight.remove(&pkid) {
+                    unacked.remove(&seq);
+                }
+            }
+            ConnectionEvent::Disconnected { resume, .. } => {
+                written.clear();
+                in_flight.clear();
+                drop(resume);
+            }
+            _ => {}
+        }
+    }
+    cancel.cancel();
+    assert_eq!(broker.acked(), (1..=4).collect());
+    assert!(
+        broker.later_publishes() >= 1,
+        "nothing reached the second connection"
+    );
+}

@@ -18,6 +18,9 @@ pub struct Plan {
     pub on_subscribe: OnSubscribe,
     /// Close the connection right after the SUBACK.
     pub close_after_suback: bool,
+    /// Send the PUBACK of the first PUBLISH and close in the same breath, so the
+    /// client reads the acknowledgement and the end of the connection together.
+    pub close_after_puback: bool,
 }
 
 /// Answers to a SUBSCRIBE.
@@ -39,6 +42,7 @@ impl Plan {
             close_after_connack: false,
             on_subscribe: OnSubscribe::Grant,
             close_after_suback: false,
+            close_after_puback: false,
         }
     }
 }
@@ -50,6 +54,8 @@ pub struct Seen {
     pub connects: usize,
     /// For each SUBSCRIBE: the connection number (from 1) and its filters.
     pub subscribes: Vec<(usize, Vec<String>)>,
+    /// For each QoS 1 PUBLISH acknowledged: the connection number.
+    pub publishes: Vec<usize>,
 }
 
 /// The fake broker; it runs until the tokio runtime that started it ends.
@@ -148,8 +154,12 @@ async fn serve(n: usize, mut c: TcpStream, plan: Plan, seen: &Mutex<Seen>) -> st
                 let qos = (header >> 1) & 3;
                 let tl = u16::from_be_bytes([body[0], body[1]]) as usize;
                 if qos == 1 && body.len() >= tl + 4 {
+                    seen.lock().unwrap().publishes.push(n);
                     c.write_all(&[0x40, 0x02, body[2 + tl], body[3 + tl]])
                         .await?;
+                    if plan.close_after_puback {
+                        return Ok(());
+                    }
                 }
             }
             12 => c.write_all(&[0xd0, 0x00]).await?,
