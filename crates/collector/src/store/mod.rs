@@ -87,6 +87,40 @@ pub enum StoreError {
     /// The store thread has ended (it panicked or was shut down).
     #[error("the store thread has stopped")]
     WorkerGone,
+    /// A database server is down, restarting, timed out or answered with a server
+    /// error: nothing of the batch is stored, and the same batch is tried again
+    /// with backoff (the collector keeps running and acknowledges nothing meanwhile).
+    #[error("{store}: {reason}")]
+    Unavailable {
+        /// Which store: "PostgreSQL", "InfluxDB".
+        store: &'static str,
+        /// What happened, in plain words.
+        reason: String,
+    },
+    /// A database server refused for a reason retrying cannot fix (authentication,
+    /// a missing database or bucket, a refused TLS certificate): exit code 3.
+    #[error("{store}: {reason}")]
+    Refused {
+        /// Which store.
+        store: &'static str,
+        /// What happened and what to fix.
+        reason: String,
+    },
+    /// The collector is stopping while a store was being retried.
+    #[error("stopped while waiting for a store to come back; what was not stored was not acknowledged and stays with the broker")]
+    Stopped,
+}
+
+impl StoreError {
+    /// True for the failures worth retrying with the same batch.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
+    }
+
+    /// True for the failures that end the collector with exit code 3.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, StoreError::Refused { .. })
+    }
 }
 
 /// Where telemetry is kept. SQLite now; other databases later, without touching ingest.
