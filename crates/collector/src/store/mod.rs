@@ -7,9 +7,13 @@
 //! record of it is durable (to the process crash with `synchronous=NORMAL`, to a
 //! power loss with `FULL`), and only then may ingest acknowledge the messages.
 
+mod fanout;
+mod retry;
 pub mod sqlite;
 mod worker;
 
+pub use fanout::Fanout;
+pub use retry::{Retrying, StoreHealth};
 pub use sqlite::{open_read_only, payload_hash, SqliteStore, SyncMode};
 pub use worker::StoreWorker;
 
