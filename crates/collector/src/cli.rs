@@ -70,10 +70,162 @@ pub struct RunArgs {
     /// Create this file while the broker has confirmed the subscriptions on a live connection, and remove it otherwise: start devices once it exists, or use it as a healthcheck [env: COLLECTOR_READY_FILE]
     #[arg(long, value_name = "PATH")]
     pub ready_file: Option<PathBuf>,
+    /// The stores besides SQLite.
+    #[command(flatten)]
+    pub stores: StoreArgs,
+}
+
+/// Stores beside (or instead of) SQLite; a message is acknowledged only once every
+/// configured store has committed it.
+#[derive(Debug, Clone, Default, Args)]
+pub struct StoreArgs {
+    /// PostgreSQL to write to, e.g. postgresql://user:password@host:5432/db?sslmode=verify-full&sslrootcert=ca.crt (with it, SQLite is used only when --db or COLLECTOR_DB is given) [env: COLLECTOR_POSTGRES]
+    #[arg(long, value_name = "URL")]
+    pub postgres: Option<String>,
+    /// InfluxDB to write line protocol to, e.g. http://localhost:8086; give --influx-db (v1 /write) or --influx-bucket, --influx-org and --influx-token (/api/v2/write) [env: INFLUXDB_URL]
+    #[arg(long, value_name = "URL")]
+    pub influx: Option<String>,
+    /// InfluxDB 1.x database (v1 /write); INFLUXDB_USERNAME and INFLUXDB_PASSWORD when it wants them [env: INFLUXDB_DB]
+    #[arg(long, value_name = "DB")]
+    pub influx_db: Option<String>,
+    /// Bucket (v2 /api/v2/write) [env: INFLUXDB_BUCKET]
+    #[arg(long, value_name = "BUCKET")]
+    pub influx_bucket: Option<String>,
+    /// Organisation (v2) [env: INFLUXDB_ORG]
+    #[arg(long, value_name = "ORG")]
+    pub influx_org: Option<String>,
+    /// API token (v2); prefer the variable, which does not show in the process list [env: INFLUXDB_TOKEN]
+    #[arg(long, value_name = "TOKEN")]
+    pub influx_token: Option<String>,
+    /// Measurement of every point [default: device_data]
+    #[arg(long, value_name = "NAME")]
+    pub influx_measurement: Option<String>,
+    /// Value of the `collector` tag [env: INFLUXDB_COLLECTOR_TAG; default: the collector's client id]
+    #[arg(long, value_name = "VALUE")]
+    pub influx_collector_tag: Option<String>,
+}
+
+/// Where the InfluxDB points go, resolved from flags and variables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InfluxTarget {
+    /// `/write?db=` of InfluxDB 1.x, with optional credentials.
+    V1 {
+        /// The database.
+        db: String,
+        /// `INFLUXDB_USERNAME`.
+        username: Option<String>,
+        /// `INFLUXDB_PASSWORD`.
+        password: Option<String>,
+    },
+    /// `/api/v2/write` (InfluxDB 1.8+, 2.x, 3.x, VictoriaMetrics, QuestDB).
+    V2 {
+        /// The bucket.
+        bucket: String,
+        /// The organisation.
+        org: String,
+        /// The token.
+        token: String,
+    },
+}
+
+/// The stores to open, as plain values (built into stores by `command`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreChoice {
+    /// SQLite, when it is to be written (the default store, or asked for explicitly).
+    pub sqlite: Option<PathBuf>,
+    /// PostgreSQL URL.
+    pub postgres: Option<String>,
+    /// InfluxDB URL, target, measurement and collector tag.
+    pub influx: Option<(String, InfluxTarget, String, Option<String>)>,
+}
+
+/// Resolves the stores: flags win over variables; SQLite is the store when no other
+/// is configured, and is used beside the others only when given explicitly.
+pub fn stores(args: &StoreArgs, db: Option<&PathBuf>, env: &Env) -> Result<StoreChoice, String> {
+    let pick = |flag: &Option<String>, var: &str| {
+        flag.clone().or_else(|| env.get(var).map(str::to_string))
+    };
+    let postgres = pick(&args.postgres, "COLLECTOR_POSTGRES");
+    let influx = match pick(&args.influx, "INFLUXDB_URL") {
+        None => {
+            for (flag, var) in [
+                (&args.influx_db, "INFLUXDB_DB"),
+                (&args.influx_bucket, "INFLUXDB_BUCKET"),
+                (&args.influx_org, "INFLUXDB_ORG"),
+                (&args.influx_token, "INFLUXDB_TOKEN"),
+            ] {
+                if pick(flag, var).is_some() {
+                    return Err(format!(
+                        "{var} (or its flag) is set but no InfluxDB URL: give --influx URL or INFLUXDB_URL"
+                    ));
+                }
+            }
+            None
+        }
+        Some(url) => {
+            let db = pick(&args.influx_db, "INFLUXDB_DB");
+            let v2 = (
+                pick(&args.influx_bucket, "INFLUXDB_BUCKET"),
+                pick(&args.influx_org, "INFLUXDB_ORG"),
+                pick(&args.influx_token, "INFLUXDB_TOKEN"),
+            );
+            let target = match (db, v2) {
+                (Some(db), (None, None, None)) => InfluxTarget::V1 {
+                    db,
+                    username: env.get("INFLUXDB_USERNAME").map(str::to_string),
+                    password: env.get("INFLUXDB_PASSWORD").map(str::to_string),
+                },
+                (None, (Some(bucket), Some(org), Some(token))) => {
+                    InfluxTarget::V2 { bucket, org, token }
+                }
+                (Some(_), _) => {
+                    return Err("--influx-db (v1) and --influx-bucket/--influx-org/--influx-token (v2) exclude each other: give one kind".into())
+                }
+                (None, (None, None, None)) => {
+                    return Err("--influx needs --influx-db (INFLUXDB_DB) for the v1 /write, or --influx-bucket, --influx-org and --influx-token for /api/v2/write".into())
+                }
+                (None, _) => {
+                    return Err("/api/v2/write needs all three of --influx-bucket, --influx-org and --influx-token (INFLUXDB_BUCKET, INFLUXDB_ORG, INFLUXDB_TOKEN)".into())
+                }
+            };
+            let measurement = args
+                .influx_measurement
+                .clone()
+                .unwrap_or_else(|| "device_data".to_string());
+            let tag = pick(&args.influx_collector_tag, "INFLUXDB_COLLECTOR_TAG");
+            Some((url, target, measurement, tag))
+        }
+    };
+    let explicit_db = db
+        .cloned()
+        .or_else(|| env.get("COLLECTOR_DB").map(PathBuf::from));
+    let sqlite = if postgres.is_none() && influx.is_none() {
+        Some(explicit_db.unwrap_or_else(|| PathBuf::from("collector.db")))
+    } else {
+        explicit_db
+    };
+    Ok(StoreChoice {
+        sqlite,
+        postgres,
+        influx,
+    })
 }
 
 /// Variables the collector reads besides the connection's `MQTT_*` ones.
-pub const VARIABLES: &[&str] = &["MQTT_TOPICS", "COLLECTOR_DB", "COLLECTOR_READY_FILE"];
+pub const VARIABLES: &[&str] = &[
+    "MQTT_TOPICS",
+    "COLLECTOR_DB",
+    "COLLECTOR_READY_FILE",
+    "COLLECTOR_POSTGRES",
+    "INFLUXDB_URL",
+    "INFLUXDB_DB",
+    "INFLUXDB_USERNAME",
+    "INFLUXDB_PASSWORD",
+    "INFLUXDB_BUCKET",
+    "INFLUXDB_ORG",
+    "INFLUXDB_TOKEN",
+    "INFLUXDB_COLLECTOR_TAG",
+];
 
 /// The end of `--help`: every variable, the exit codes, logging.
 pub fn after_help() -> String {
@@ -86,6 +238,33 @@ pub fn after_help() -> String {
         (
             "COLLECTOR_READY_FILE",
             "readiness file (--ready-file wins) [none]",
+        ),
+        (
+            "COLLECTOR_POSTGRES",
+            "PostgreSQL URL (--postgres wins) [none]",
+        ),
+        ("INFLUXDB_URL", "InfluxDB URL (--influx wins) [none]"),
+        (
+            "INFLUXDB_DB",
+            "InfluxDB 1.x database, v1 /write (--influx-db wins)",
+        ),
+        (
+            "INFLUXDB_USERNAME",
+            "InfluxDB 1.x user name, when it wants one",
+        ),
+        ("INFLUXDB_PASSWORD", "InfluxDB 1.x password (never logged)"),
+        (
+            "INFLUXDB_BUCKET",
+            "bucket for /api/v2/write (--influx-bucket wins)",
+        ),
+        (
+            "INFLUXDB_ORG",
+            "organisation for /api/v2/write (--influx-org wins)",
+        ),
+        ("INFLUXDB_TOKEN", "token for /api/v2/write (never logged)"),
+        (
+            "INFLUXDB_COLLECTOR_TAG",
+            "value of the collector tag [the client id]",
         ),
     ])
 }
@@ -203,6 +382,86 @@ mod tests {
         assert!(topics(&["a/#/b".into()], &empty).is_err());
         assert!(topics(&["a+".into()], &empty).is_err());
         assert!(topics(&[], &Env::from_pairs([("MQTT_TOPICS", " , ")])).is_err());
+    }
+
+    #[test]
+    fn stores_resolve_from_flags_and_variables() {
+        let none = StoreArgs::default();
+        // SQLite alone by default.
+        let c = stores(&none, None, &Env::default()).unwrap();
+        assert_eq!(c.sqlite, Some(PathBuf::from("collector.db")));
+        assert_eq!((c.postgres, c.influx), (None, None));
+        // PostgreSQL replaces SQLite unless SQLite is asked for.
+        let env = Env::from_pairs([("COLLECTOR_POSTGRES", "postgresql://u@h/db")]);
+        let c = stores(&none, None, &env).unwrap();
+        assert_eq!(
+            (c.sqlite, c.postgres.as_deref()),
+            (None, Some("postgresql://u@h/db"))
+        );
+        let c = stores(&none, Some(&PathBuf::from("x.db")), &env).unwrap();
+        assert_eq!(c.sqlite, Some(PathBuf::from("x.db")));
+        // InfluxDB v1 and v2.
+        let env = Env::from_pairs([
+            ("INFLUXDB_URL", "http://i:8086"),
+            ("INFLUXDB_DB", "telemetry"),
+            ("INFLUXDB_USERNAME", "w"),
+        ]);
+        let (url, target, measurement, tag) = stores(&none, None, &env).unwrap().influx.unwrap();
+        assert_eq!(
+            (url.as_str(), measurement.as_str(), tag),
+            ("http://i:8086", "device_data", None)
+        );
+        assert_eq!(
+            target,
+            InfluxTarget::V1 {
+                db: "telemetry".into(),
+                username: Some("w".into()),
+                password: None
+            }
+        );
+        let v2 = StoreArgs {
+            influx: Some("http://vm:8428".into()),
+            influx_bucket: Some("b".into()),
+            influx_org: Some("o".into()),
+            influx_token: Some("t".into()),
+            ..StoreArgs::default()
+        };
+        assert!(matches!(
+            stores(&v2, None, &Env::default())
+                .unwrap()
+                .influx
+                .unwrap()
+                .1,
+            InfluxTarget::V2 { .. }
+        ));
+        // Half a configuration is an error that says what is missing.
+        for (args, env, needle) in [
+            (
+                StoreArgs {
+                    influx: Some("http://i".into()),
+                    ..StoreArgs::default()
+                },
+                Env::default(),
+                "--influx-db",
+            ),
+            (
+                StoreArgs {
+                    influx: Some("http://i".into()),
+                    influx_bucket: Some("b".into()),
+                    ..StoreArgs::default()
+                },
+                Env::default(),
+                "all three",
+            ),
+            (
+                StoreArgs::default(),
+                Env::from_pairs([("INFLUXDB_DB", "x")]),
+                "INFLUXDB_URL",
+            ),
+        ] {
+            let err = stores(&args, None, &env).unwrap_err();
+            assert!(err.contains(needle), "{err}");
+        }
     }
 
     #[test]
