@@ -88,11 +88,10 @@ impl Cli {
     /// The connection settings: `MQTT_*` from the environment over the `.env` file.
     pub fn settings(&self) -> Result<Settings, SettingsError> {
         let env = self.connection.env()?;
-        mqtt_core::settings::warn_unknown_variables(
-            &env,
-            &["MQTT_", "DEVICE_SIM_"],
-            mqtt_core::settings::VARIABLES,
-        );
+        // MQTT_TOPICS is the collector's; one .env may serve both binaries.
+        let mut known = mqtt_core::settings::VARIABLES.to_vec();
+        known.push("MQTT_TOPICS");
+        mqtt_core::settings::warn_unknown_variables(&env, &["MQTT_", "DEVICE_SIM_"], &known);
         if env.get("MQTT_CLIENT_ID").is_some() {
             tracing::warn!(target: LOG_TARGET, "MQTT_CLIENT_ID is ignored by device-sim: each device connects with its device id as client id");
         }
