@@ -9,6 +9,8 @@
 //!   `mqtt_core::certgen`.
 //! - [`process`]: [`free_port`], [`wait_until`], child processes killed on drop
 //!   ([`ChildGuard`]) or when their parent dies ([`die_with_parent`]).
+//! - [`postgres`]: a real PostgreSQL on a free loopback port ([`Postgres`]), with a
+//!   password and optional TLS; stopped, started again or killed on demand.
 //! - [`fake_broker`]: two FAKE brokers for the faults Mosquitto does not produce on
 //!   demand; one on tokio, one on a plain thread.
 //! - [`error`]: why a broker or the certificates could not be set up.
@@ -25,6 +27,7 @@ mod dir;
 pub mod error;
 pub mod fake_broker;
 pub mod pki;
+pub mod postgres;
 pub mod process;
 
 pub use broker::Broker;
@@ -32,6 +35,7 @@ pub use config::BrokerConfig;
 pub use dir::Dir;
 pub use error::Error;
 pub use pki::Pki;
+pub use postgres::{Postgres, PostgresConfig};
 pub use process::{
     die_with_parent, env_with, free_port, run_with_timeout, spawn, wait_until, ChildGuard,
 };
