@@ -154,7 +154,7 @@ pub async fn run(
         batch_size = cfg.batch_size,
         "collector starting"
     );
-    // Before connecting: an unusable readiness file must not cost a session.
+    // Checked before connecting, so a bad --ready-file fails before any session opens.
     let ready = ReadyFile::new(cfg.ready_file.clone()).map_err(|e| {
         IngestError::ReadyFile(format!(
             "{}: {e}",
