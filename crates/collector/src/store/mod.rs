@@ -9,6 +9,7 @@
 
 mod fanout;
 mod retry;
+pub mod influx;
 pub mod sqlite;
 mod worker;
 
