@@ -91,6 +91,7 @@ pub fn prepare_run(args: RunArgs) -> Result<RunPlan, CommandError> {
         max_payload: args.max_payload,
         status_interval: Some(args.status_interval.max(Duration::from_millis(100))),
         ready_file: cli::ready_file(args.ready_file.as_ref(), &env),
+        store_health: store::StoreHealth::default(),
     };
     Ok(RunPlan {
         settings,

@@ -2,13 +2,17 @@
 //! subscriptions on a live connection, so a script or a container healthcheck can
 //! start devices only once nothing they publish can be dropped for want of a session.
 
+use crate::store::StoreHealth;
 use std::path::{Path, PathBuf};
 
-/// Creates and removes the file; removes it when dropped.
+/// Creates and removes the file; removes it when dropped. Ready means: the
+/// subscriptions are confirmed on a live connection and every store is writable.
 #[derive(Debug)]
 pub struct ReadyFile {
     path: Option<PathBuf>,
     ready: bool,
+    subscribed: bool,
+    health: StoreHealth,
 }
 
 impl ReadyFile {
@@ -18,11 +22,28 @@ impl ReadyFile {
         if let Some(p) = &path {
             remove(p)?;
         }
-        Ok(ReadyFile { path, ready: false })
+        Ok(ReadyFile {
+            path,
+            ready: false,
+            subscribed: false,
+            health: StoreHealth::default(),
+        })
     }
 
-    /// Records whether the collector is ready; failures are logged, never fatal.
-    pub fn set(&mut self, ready: bool) {
+    /// Follows the stores' health too: not ready while one is being retried.
+    pub fn watch(&mut self, health: StoreHealth) {
+        self.health = health;
+    }
+
+    /// Records whether the subscriptions are confirmed on a live connection.
+    pub fn set(&mut self, subscribed: bool) {
+        self.subscribed = subscribed;
+        self.refresh();
+    }
+
+    /// Looks at the stores' health again (called as time passes).
+    pub fn refresh(&mut self) {
+        let ready = self.subscribed && self.health.writable();
         if ready == self.ready {
             return;
         }

@@ -54,6 +54,8 @@ pub struct IngestConfig {
     pub status_interval: Option<Duration>,
     /// Present while the subscription is confirmed on a live connection.
     pub ready_file: Option<std::path::PathBuf>,
+    /// Whether every store is writable (false while one is retried): part of readiness.
+    pub store_health: crate::store::StoreHealth,
 }
 
 /// Why the run loop ended with a failure.
@@ -155,7 +157,7 @@ pub async fn run(
         "collector starting"
     );
     // Checked before connecting, so a bad --ready-file fails before any session opens.
-    let ready = ReadyFile::new(cfg.ready_file.clone()).map_err(|e| {
+    let mut ready = ReadyFile::new(cfg.ready_file.clone()).map_err(|e| {
         IngestError::ReadyFile(format!(
             "{}: {e}",
             cfg.ready_file
@@ -164,6 +166,7 @@ pub async fn run(
                 .display()
         ))
     })?;
+    ready.watch(cfg.store_health.clone());
     let mut conn = spawn_connection(settings, opts, cancel.clone());
     let mut ingest = Ingest::new(cfg, ready, conn.client.clone(), store);
     let outcome = ingest.consume(&mut conn.events, &cancel).await;
@@ -263,13 +266,17 @@ impl<A: Acker> Ingest<A> {
                 result = async { (&mut self.in_flight.as_mut().expect("guarded").result).await }, if self.in_flight.is_some() => {
                     let done = self.in_flight.take().expect("guarded");
                     self.finish(done, result, true).await?;
+                    self.ready.refresh();
                 }
                 event = events.recv(), if can_read => {
                     let Some(event) = event else { return Err(IngestError::ConnectionGone) };
                     self.on_event(event)?;
                     self.take_waiting(events)?;
                 }
-                _ = async { status.as_mut().expect("guarded").tick().await }, if status.is_some() => self.log_status(),
+                _ = async { status.as_mut().expect("guarded").tick().await }, if status.is_some() => {
+                    self.ready.refresh();
+                    self.log_status();
+                }
             }
             // No input waiting, the batch full or old enough: commit now, unless a
             // transaction is running (then this batch goes as soon as it returns).

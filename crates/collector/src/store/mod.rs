@@ -8,12 +8,14 @@
 //! power loss with `FULL`), and only then may ingest acknowledge the messages.
 
 mod fanout;
-mod retry;
 pub mod influx;
+mod lazy;
+mod retry;
 pub mod sqlite;
 mod worker;
 
 pub use fanout::Fanout;
+pub use lazy::Lazy;
 pub use retry::{Retrying, StoreHealth};
 pub use sqlite::{open_read_only, payload_hash, SqliteStore, SyncMode};
 pub use worker::StoreWorker;
