@@ -13,6 +13,8 @@
 //!   password and optional TLS; stopped, started again or killed on demand.
 //! - [`fake_broker`]: two FAKE brokers for the faults Mosquitto does not produce on
 //!   demand; one on tokio, one on a plain thread.
+//! - [`influx`]: a real influxd 1.x ([`InfluxDb`]) and a real VictoriaMetrics
+//!   ([`VictoriaMetrics`]) for the InfluxDB store's tests.
 //! - [`error`]: why a broker or the certificates could not be set up.
 //!
 //! Test code calls the panicking functions ([`Broker::start`], [`Pki::new`]): a test
@@ -26,6 +28,7 @@ pub mod config;
 mod dir;
 pub mod error;
 pub mod fake_broker;
+pub mod influx;
 pub mod pki;
 pub mod postgres;
 pub mod process;
@@ -34,6 +37,7 @@ pub use broker::Broker;
 pub use config::BrokerConfig;
 pub use dir::Dir;
 pub use error::Error;
+pub use influx::{InfluxDb, VictoriaMetrics};
 pub use pki::Pki;
 pub use postgres::{Postgres, PostgresConfig};
 pub use process::{

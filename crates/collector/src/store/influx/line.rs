@@ -5,7 +5,8 @@
 //!
 //! Whatever a payload holds, an encoded row is exactly one line with the tags and
 //! fields it was given: every name and tag value is escaped, control characters
-//! become spaces, and what cannot be written (an empty key, `time`) is left out.
+//! become spaces, backslashes `/`, and what cannot be written (an empty key, `time`)
+//! is left out.
 
 use crate::store::TelemetryRow;
 use serde_json::{Map, Value};
@@ -130,14 +131,20 @@ fn float(f: f64) -> String {
     format!("{f:?}")
 }
 
-/// Appends `s` with a backslash before each of `special` and before each backslash
-/// (so a value ending in `\` cannot swallow the separator after it). Control
-/// characters are replaced by a space (then escaped like one): a newline would end
-/// the line and start an injected point, and a space still shows where it was.
+/// Appends `s` with a backslash before each of `special`. Control characters become
+/// a space (then escaped like one): a newline would end the line and start an
+/// injected point, and a space still shows where it was. A backslash becomes `/`:
+/// servers disagree on it (InfluxDB 1.x keeps `\\` as two characters and refuses a
+/// value ending in one; 2.x and VictoriaMetrics read `\\` as one), so no escaping of
+/// it reads back the same everywhere, and a bare one could swallow the separator.
 fn escape_into(out: &mut String, s: &str, special: &[char]) {
     for c in s.chars() {
-        let c = if c.is_control() { ' ' } else { c };
-        if c == '\\' || special.contains(&c) {
+        let c = match c {
+            c if c.is_control() => ' ',
+            '\\' => '/',
+            c => c,
+        };
+        if special.contains(&c) {
             out.push('\\');
         }
         out.push(c);
@@ -245,11 +252,11 @@ mod tests {
         );
         let line = encode(&r, "my meas,x", "c\tol");
         assert!(
-            line.starts_with(r#"my\ meas\,x,collector=c\ ol,detection_label=end\\,device_id=v1 "#),
+            line.starts_with(r#"my\ meas\,x,collector=c\ ol,detection_label=end/,device_id=v1 "#),
             "{line}"
         );
         assert!(
-            line.contains(r#" a\ b=1.0,t\\=5.0,x\,y\=z=2.0,collector_receive_time="#),
+            line.contains(r#" a\ b=1.0,t/=5.0,x\,y\=z=2.0,collector_receive_time="#),
             "{line}"
         );
         assert!(!line.contains("time=4") && !line.contains("=3.0"), "{line}");
