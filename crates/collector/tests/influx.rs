@@ -370,3 +370,36 @@ fn v2_write_to_victoria_metrics_is_exported_with_labels_and_time() {
     let seq = vm.export(r#"{__name__="device_data_seq"}"#);
     assert_eq!(seq[0]["values"], json!([1, 2]), "{seq:?}");
 }
+
+#[test]
+fn https_needs_the_right_ca_and_plain_http_to_it_is_refused() {
+    let pki = testkit::Pki::new();
+    let db = InfluxDb::start_tls(None, &pki);
+    db.create_db(DB);
+    let https = |ca: &std::path::Path| {
+        let mut cfg = InfluxConfig::v1(db.url(), DB, COLLECTOR);
+        cfg.ca_file = Some(ca.to_path_buf());
+        InfluxStore::new(cfg).unwrap()
+    };
+    let out = https(&pki.ca_crt)
+        .write_batch(&[reading("v01", 1)])
+        .unwrap();
+    assert_eq!(out.stored, 1);
+    assert_eq!(count_points(&db), 1);
+
+    let stranger = testkit::Pki::new();
+    let err = https(&stranger.ca_crt)
+        .write_batch(&[reading("v01", 2)])
+        .unwrap_err();
+    assert!(err.is_refusal(), "{err:?}");
+    assert!(err.to_string().contains("TLS"), "{err}");
+
+    let plain = InfluxConfig::v1(format!("http://127.0.0.1:{}", db.port), DB, COLLECTOR);
+    let err = InfluxStore::new(plain)
+        .unwrap()
+        .write_batch(&[reading("v01", 2)])
+        .unwrap_err();
+    assert!(err.is_refusal(), "{err:?}");
+    assert!(err.to_string().contains("https://"), "{err}");
+    assert_eq!(count_points(&db), 1);
+}

@@ -1,10 +1,11 @@
 //! Real time-series servers for the InfluxDB store's tests, on free loopback ports
 //! with their data in a temporary directory, stopped and started again on demand
 //! (same ports, same data) and killed on drop:
-//! [`InfluxDb`] (influxd 1.x, the v1 `/write` API, optional authentication) and
+//! [`InfluxDb`] (influxd 1.x, the v1 `/write` API, optional authentication and HTTPS) and
 //! [`VictoriaMetrics`] (the v2 `/api/v2/write` API, read back with `/api/v1/export`).
 
 use crate::dir::Dir;
+use crate::pki::Pki;
 use crate::process::{die_with_parent, free_port, wait_until, ChildGuard};
 use serde_json::Value;
 use std::fs::File;
@@ -21,6 +22,8 @@ pub struct InfluxDb {
     pub port: u16,
     /// The admin user and password, when authentication is on.
     pub auth: Option<(String, String)>,
+    /// The CA that signed the server certificate, when it serves HTTPS.
+    pub ca_crt: Option<PathBuf>,
     dir: Dir,
     conf_path: PathBuf,
     child: Option<ChildGuard>,
@@ -31,15 +34,27 @@ impl InfluxDb {
     /// monitor off, HTTP and RPC on free loopback ports) and waits until `/ping`
     /// answers 204. With `auth`, authentication is on and that admin user exists.
     pub fn start(auth: Option<(&str, &str)>) -> InfluxDb {
+        Self::launch(auth, None)
+    }
+
+    /// [`InfluxDb::start`] serving HTTPS only, with `pki`'s server certificate (it
+    /// names `localhost` and `127.0.0.1`).
+    pub fn start_tls(auth: Option<(&str, &str)>, pki: &Pki) -> InfluxDb {
+        Self::launch(auth, Some(pki))
+    }
+
+    fn launch(auth: Option<(&str, &str)>, pki: Option<&Pki>) -> InfluxDb {
         let dir = Dir::temp().expect("a temporary directory");
         let port = free_port();
         let rpc_port = free_port();
         let conf_path = dir.path().join("influxdb.conf");
-        let text = influx_config(dir.path(), port, rpc_port, auth.is_some());
+        let tls = pki.map(|p| (p.server_crt.as_path(), p.server_key.as_path()));
+        let text = influx_config(dir.path(), port, rpc_port, auth.is_some(), tls);
         std::fs::write(&conf_path, text).expect("writing influxdb.conf");
         let mut db = InfluxDb {
             port,
             auth: auth.map(|(u, p)| (u.to_string(), p.to_string())),
+            ca_crt: pki.map(|p| p.ca_crt.clone()),
             dir,
             conf_path,
             child: None,
@@ -49,7 +64,7 @@ impl InfluxDb {
             // With no user yet, influxd lets anyone create the first admin.
             let q =
                 format!("CREATE USER \"{user}\" WITH PASSWORD '{password}' WITH ALL PRIVILEGES");
-            let (status, body) = post(&format!("{}/query", db.url()), &[("q", &q)], "");
+            let (status, body) = db.post("query", &[("q", &q)], "");
             assert_eq!(status, 200, "creating the admin user: {body}");
         }
         db
@@ -71,9 +86,12 @@ impl InfluxDb {
                 panic!("cannot run influxd: {e}; install it (apt-get install influxdb)")
             });
         self.child = Some(ChildGuard { child: Some(child) });
-        let url = format!("{}/ping", self.url());
+        let (agent, url) = (
+            agent(self.ca_crt.as_deref()),
+            format!("{}/ping", self.url()),
+        );
         let up = wait_until(START_TIMEOUT, || {
-            !self.is_running() || get(&url, &[]).0 == 204
+            !self.is_running() || get(&agent, &url, &[]).0 == 204
         });
         assert!(
             up && self.is_running(),
@@ -95,9 +113,17 @@ impl InfluxDb {
         self.child.as_mut().is_some_and(ChildGuard::is_running)
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`, or `https://localhost:PORT` with TLS.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        match self.ca_crt {
+            Some(_) => format!("https://localhost:{}", self.port),
+            None => format!("http://127.0.0.1:{}", self.port),
+        }
+    }
+
+    fn post(&self, path: &str, query: &[(&str, &str)], body: &str) -> (u16, String) {
+        let agent = agent(self.ca_crt.as_deref());
+        post(&agent, &format!("{}/{path}", self.url()), query, body)
     }
 
     /// `CREATE DATABASE name`.
@@ -112,7 +138,7 @@ impl InfluxDb {
         if let Some((u, p)) = &self.auth {
             params.extend([("u", u.as_str()), ("p", p.as_str())]);
         }
-        let (status, body) = post(&format!("{}/query", self.url()), &params, "");
+        let (status, body) = self.post("query", &params, "");
         assert_eq!(status, 200, "{influxql}: {body}");
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("{influxql}: {e}: {body}"))
     }
@@ -123,7 +149,7 @@ impl InfluxDb {
         if let Some((u, p)) = &self.auth {
             params.extend([("u", u.as_str()), ("p", p.as_str())]);
         }
-        post(&format!("{}/write", self.url()), &params, lines)
+        self.post("write", &params, lines)
     }
 
     /// What influxd logged so far.
@@ -132,9 +158,24 @@ impl InfluxDb {
     }
 }
 
-/// The configuration text: everything under `dir`, HTTP on `port`, RPC on `rpc_port`.
-fn influx_config(dir: &Path, port: u16, rpc_port: u16, auth: bool) -> String {
+/// The configuration text: everything under `dir`, HTTP (HTTPS with `tls`, a
+/// certificate and a key file) on `port`, RPC on `rpc_port`.
+fn influx_config(
+    dir: &Path,
+    port: u16,
+    rpc_port: u16,
+    auth: bool,
+    tls: Option<(&Path, &Path)>,
+) -> String {
     let d = dir.display();
+    let https = match tls {
+        Some((crt, key)) => format!(
+            "  https-enabled = true\n  https-certificate = \"{}\"\n  https-private-key = \"{}\"\n",
+            crt.display(),
+            key.display()
+        ),
+        None => String::new(),
+    };
     format!(
         "reporting-disabled = true\n\
          bind-address = \"127.0.0.1:{rpc_port}\"\n\
@@ -143,7 +184,7 @@ fn influx_config(dir: &Path, port: u16, rpc_port: u16, auth: bool) -> String {
          [monitor]\n  store-enabled = false\n\
          [subscriber]\n  enabled = false\n\
          [continuous_queries]\n  enabled = false\n\
-         [http]\n  bind-address = \"127.0.0.1:{port}\"\n  auth-enabled = {auth}\n  log-enabled = false\n"
+         [http]\n  bind-address = \"127.0.0.1:{port}\"\n  auth-enabled = {auth}\n  log-enabled = false\n{https}"
     )
 }
 
@@ -194,9 +235,9 @@ impl VictoriaMetrics {
                 panic!("cannot run victoria-metrics: {e}; install it (apt-get install victoria-metrics)")
             });
         self.child = Some(ChildGuard { child: Some(child) });
-        let url = format!("{}/health", self.url());
+        let (agent, url) = (agent(None), format!("{}/health", self.url()));
         let up = wait_until(START_TIMEOUT, || {
-            !self.is_running() || get(&url, &[]).0 == 200
+            !self.is_running() || get(&agent, &url, &[]).0 == 200
         });
         assert!(
             up && self.is_running(),
@@ -227,9 +268,11 @@ impl VictoriaMetrics {
     /// as `/api/v1/export` gives them: `{"metric": {..}, "values": [..], "timestamps": [..]}`.
     /// Flushes first, so points written just before are there.
     pub fn export(&self, matcher: &str) -> Vec<Value> {
-        let (status, body) = get(&format!("{}/internal/force_flush", self.url()), &[]);
+        let agent = agent(None);
+        let (status, body) = get(&agent, &format!("{}/internal/force_flush", self.url()), &[]);
         assert_eq!(status, 200, "force_flush: {body}");
         let (status, body) = get(
+            &agent,
             &format!("{}/api/v1/export", self.url()),
             &[("match[]", matcher)],
         );
@@ -246,18 +289,33 @@ impl VictoriaMetrics {
     }
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
+/// A client for the test servers, trusting `ca` (PEM) for HTTPS; never through a proxy.
+fn agent(ca: Option<&Path>) -> ureq::Agent {
+    use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
+    let mut config = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(10)))
         .http_status_as_error(false)
-        .proxy(None)
-        .build()
-        .new_agent()
+        .proxy(None);
+    if let Some(ca) = ca {
+        let der = mqtt_core::tls::load_certs("CA", ca).unwrap_or_else(|e| panic!("{e}"));
+        let roots = der
+            .iter()
+            .map(|c| Certificate::from_der(c.as_ref()).to_owned())
+            .collect::<Vec<_>>();
+        config = config.tls_config(
+            TlsConfig::builder()
+                .provider(TlsProvider::Rustls)
+                .root_certs(RootCerts::Specific(std::sync::Arc::new(roots)))
+                .unversioned_rustls_crypto_provider(mqtt_core::tls::provider())
+                .build(),
+        );
+    }
+    config.build().new_agent()
 }
 
 /// GET with query parameters: status and body, or status 0 when nothing answered.
-fn get(url: &str, query: &[(&str, &str)]) -> (u16, String) {
-    let mut req = agent().get(url);
+fn get(agent: &ureq::Agent, url: &str, query: &[(&str, &str)]) -> (u16, String) {
+    let mut req = agent.get(url);
     for (k, v) in query {
         req = req.query(*k, *v);
     }
@@ -265,8 +323,8 @@ fn get(url: &str, query: &[(&str, &str)]) -> (u16, String) {
 }
 
 /// POST with query parameters and a text body.
-fn post(url: &str, query: &[(&str, &str)], body: &str) -> (u16, String) {
-    let mut req = agent().post(url);
+fn post(agent: &ureq::Agent, url: &str, query: &[(&str, &str)], body: &str) -> (u16, String) {
+    let mut req = agent.post(url);
     for (k, v) in query {
         req = req.query(*k, *v);
     }
@@ -294,7 +352,7 @@ mod tests {
         let (status, body) = db.write_lines("t", "m,k=v f=1.5 1700000000000000000");
         assert_eq!(status, 204, "{body}");
         db.stop();
-        assert_eq!(get(&format!("{}/ping", db.url()), &[]).0, 0);
+        assert_eq!(get(&agent(None), &format!("{}/ping", db.url()), &[]).0, 0);
         db.start_again();
         let out = db.query("t", "SELECT f FROM m");
         assert_eq!(
@@ -308,6 +366,7 @@ mod tests {
         let db = InfluxDb::start(Some(("admin", "s3cret")));
         db.create_db("t");
         let (status, _) = post(
+            &agent(None),
             &format!("{}/write", db.url()),
             &[("db", "t"), ("u", "admin"), ("p", "wrong")],
             "m f=1",
@@ -320,6 +379,7 @@ mod tests {
     fn victoria_metrics_exports_what_it_was_sent() {
         let mut vm = VictoriaMetrics::start();
         let (status, body) = post(
+            &agent(None),
             &format!("{}/api/v2/write", vm.url()),
             &[("bucket", "b"), ("org", "o"), ("precision", "ns")],
             "m,k=v f=2.5 1700000000000000000",
@@ -332,5 +392,20 @@ mod tests {
         assert_eq!(series[0]["metric"]["k"], "v");
         assert_eq!(series[0]["values"][0], 2.5);
         assert_eq!(series[0]["timestamps"][0], 1_700_000_000_000u64);
+    }
+
+    #[test]
+    fn influxd_serves_https_with_the_test_ca() {
+        let pki = Pki::new();
+        let db = InfluxDb::start_tls(None, &pki);
+        assert!(db.url().starts_with("https://localhost:"));
+        db.create_db("t");
+        assert_eq!(db.write_lines("t", "m f=1").0, 204);
+        let plain = format!("http://127.0.0.1:{}/ping", db.port);
+        assert_eq!(
+            get(&agent(None), &plain, &[]).0,
+            400,
+            "plain HTTP on the TLS port"
+        );
     }
 }

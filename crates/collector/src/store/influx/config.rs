@@ -242,6 +242,30 @@ impl InfluxConfig {
     }
 }
 
+/// One line for logs: URL, API, target, user; `***` for the password or token.
+impl fmt::Display for InfluxConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let url = redact_userinfo(self.url.trim());
+        match &self.target {
+            InfluxTarget::V1 { db, username, .. } => {
+                write!(f, "{url} (v1 /write, database {db:?}")?;
+                if let Some(u) = username {
+                    write!(f, ", user {u:?}, password ***")?;
+                }
+            }
+            InfluxTarget::V2 { bucket, org, .. } => write!(
+                f,
+                "{url} (v2 /api/v2/write, bucket {bucket:?}, org {org:?}, token ***"
+            )?,
+        }
+        write!(
+            f,
+            ", measurement {:?}, collector tag {:?})",
+            self.measurement, self.collector_tag
+        )
+    }
+}
+
 /// `scheme://***@host…` for a URL with user info, so a password typed into the URL
 /// never reaches a message.
 fn redact_userinfo(url: &str) -> String {
@@ -270,6 +294,16 @@ mod tests {
         assert!(
             !text.contains("tok-secret") && text.contains("***"),
             "{text}"
+        );
+        assert_eq!(
+            v1.to_string(),
+            "http://h:8086 (v1 /write, database \"db\", user \"u\", password ***, \
+             measurement \"device_data\", collector tag \"c\")"
+        );
+        assert_eq!(
+            v2.to_string(),
+            "http://h:8086 (v2 /api/v2/write, bucket \"b\", org \"o\", token ***, \
+             measurement \"device_data\", collector tag \"c\")"
         );
     }
 

@@ -13,6 +13,10 @@ use std::io::Write as _;
 use std::sync::Arc;
 use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
 
+/// What to check when the TLS handshake fails.
+const TLS_FIX: &str =
+    "check the CA certificate and that the server's certificate names the host of the URL";
+
 /// Longest server message kept in an error or a log line.
 const MAX_REASON: usize = 400;
 
@@ -183,6 +187,13 @@ impl Writer {
                 store: STORE,
                 reason: format!("{url}: no answer in time ({t})"),
             },
+            // rustls reports a refused certificate through the stream, as an I/O error.
+            ureq::Error::Io(io) if io.get_ref().is_some_and(|e| e.is::<rustls::Error>()) => {
+                StoreError::Refused {
+                    store: STORE,
+                    reason: format!("{url}: TLS failed ({io}): {TLS_FIX}"),
+                }
+            }
             ureq::Error::Io(io) => StoreError::Unavailable {
                 store: STORE,
                 reason: format!("{url}: {io}"),
@@ -194,9 +205,7 @@ impl Writer {
             ureq::Error::Tls(_) | ureq::Error::Rustls(_) | ureq::Error::Pem(_) => {
                 StoreError::Refused {
                     store: STORE,
-                    reason: format!(
-                        "{url}: TLS failed ({e}): check the CA certificate and that the server's certificate names the host"
-                    ),
+                    reason: format!("{url}: TLS failed ({e}): {TLS_FIX}"),
                 }
             }
             ureq::Error::BadUri(_) | ureq::Error::Http(_) | ureq::Error::InvalidProxyUrl => {
@@ -358,6 +367,24 @@ mod tests {
             Err(Failure::Store(e)) => assert!(e.is_transient(), "{e}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_server_that_never_answers_times_out_as_unavailable() {
+        // Connections complete in the backlog, but nothing ever reads or answers.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = silent.local_addr().unwrap().port();
+        let mut cfg = InfluxConfig::v1(format!("http://127.0.0.1:{port}"), "db", "c");
+        cfg.timeout = std::time::Duration::from_millis(300);
+        let started = std::time::Instant::now();
+        match writer(cfg).post("m f=1 1") {
+            Err(Failure::Store(e)) => {
+                assert!(e.is_transient(), "{e}");
+                assert!(e.to_string().contains("no answer in time"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 
     #[test]

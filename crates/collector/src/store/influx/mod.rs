@@ -1,6 +1,6 @@
 //! The InfluxDB store (contract section 6): each telemetry record becomes one point
-//! in line protocol ([`line`]), POSTed in gzipped batches to the v1 `/write` or the
-//! v2 `/api/v2/write` endpoint ([`http`]) as [`InfluxConfig`] says ([`config`]).
+//! in line protocol ([`mod@line`]), POSTed in gzipped batches to the v1 `/write` or the
+//! v2 `/api/v2/write` endpoint (`http`) as [`InfluxConfig`] says ([`config`]).
 //!
 //! A point's time is the reading's own timestamp, so writing a batch again (a retry
 //! after [`StoreError::Unavailable`], a redelivery from the broker) overwrites the
@@ -53,7 +53,9 @@ impl InfluxStore {
     }
 
     /// Writes `points`, splitting around the ones the server refuses. Returns how
-    /// many were refused; a store-wide failure aborts the whole batch.
+    /// many were refused. A store-wide failure aborts the whole batch, maybe after
+    /// some points were written: unlike a transaction, but the retry of the batch
+    /// overwrites them with the same values.
     fn write_points(&self, points: &[Point<'_>]) -> Result<usize, StoreError> {
         if points.is_empty() {
             return Ok(0);
