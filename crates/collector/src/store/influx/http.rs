@@ -147,6 +147,9 @@ impl Writer {
             })
         };
         let lower = message.to_ascii_lowercase();
+        // InfluxDB 2.x names a missing org the way it names a missing bucket.
+        let missing_bucket_or_org = lower.contains("not found")
+            && (lower.contains("bucket") || lower.contains("organization"));
         match status {
             // Go's answer to plain HTTP on a TLS port: no point is at fault.
             400 if lower.contains("http request to an https server") => refused(format!(
@@ -161,9 +164,9 @@ impl Writer {
             )),
             404 if lower.contains("database not found") => refused(format!(
                 "{target} does not exist ({message}): create database {} on the server, or fix the database name",
-                self.query[0].1
+                self.query.first().map(|(_, db)| db.as_str()).unwrap_or_default()
             )),
-            404 if lower.contains("bucket") && lower.contains("not found") => refused(format!(
+            404 if missing_bucket_or_org => refused(format!(
                 "{target} does not exist ({message}): create the bucket, or fix the bucket and org names"
             )),
             404 => refused(format!(
@@ -337,6 +340,9 @@ mod tests {
         let (k, msg) = kind(w.classify(404, "bucket \"b\" not found", None));
         assert_eq!(k, "refused");
         assert!(msg.contains("create the bucket"), "{msg}");
+        let (k, msg) = kind(w.classify(404, "organization name \"o\" not found", None));
+        assert_eq!(k, "refused");
+        assert!(msg.contains("org names"), "{msg}");
     }
 
     #[test]
