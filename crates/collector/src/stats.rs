@@ -68,50 +68,115 @@ pub struct ReasonCount {
     pub count: u64,
 }
 
-/// Reads the report from a collector database.
+/// One device's aggregates as a backend reads them (gaps come separately).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct DeviceRow {
+    pub device_id: String,
+    pub count: u64,
+    pub first_seen: f64,
+    pub last_seen: f64,
+    pub seq_min: Option<i64>,
+    pub seq_max: Option<i64>,
+}
+
+/// The `seq` gaps, in SQL that SQLite and PostgreSQL both run: each row is a run
+/// of values `[from, to]` missing before a stored one, counting from 1 (where
+/// every device starts). The typed default keeps `lag` valid on PostgreSQL 12.
+pub(crate) const GAPS_SQL: &str = "SELECT device_id, prev + 1, seq - 1 FROM (
+         SELECT device_id, seq,
+                lag(seq, 1, CAST(0 AS BIGINT)) OVER (PARTITION BY device_id ORDER BY seq) AS prev
+         FROM telemetry WHERE seq IS NOT NULL
+     ) AS runs WHERE seq > prev + 1 ORDER BY device_id, seq";
+
+/// What each backend reads from its tables; [`Raw::into_stats`] makes the report
+/// from it, so SQLite and PostgreSQL report by the same rules.
+#[derive(Debug, Default)]
+pub(crate) struct Raw {
+    /// Per device, in any order.
+    pub devices: Vec<DeviceRow>,
+    /// `(device_id, from, to)` rows of [`GAPS_SQL`], in any order.
+    pub gaps: Vec<(String, i64, i64)>,
+    /// receive - publish in seconds, for every row with a publish time.
+    pub latencies: Vec<f64>,
+    /// The duplicates counter.
+    pub duplicates: u64,
+    /// Rejections per reason, in any order.
+    pub reasons: Vec<ReasonCount>,
+}
+
+impl Raw {
+    /// The report: devices sorted by id (byte order, whatever the database's
+    /// collation), gaps by `seq`, reasons by count then text.
+    pub fn into_stats(mut self) -> Stats {
+        self.devices
+            .sort_by(|a, b| a.device_id.as_bytes().cmp(b.device_id.as_bytes()));
+        let mut devices: Vec<DeviceStats> = self
+            .devices
+            .into_iter()
+            .map(|d| DeviceStats {
+                device_id: d.device_id,
+                count: d.count,
+                first_seen: d.first_seen,
+                last_seen: d.last_seen,
+                seq_min: d.seq_min,
+                seq_max: d.seq_max,
+                gaps: Vec::new(),
+                missing: 0,
+            })
+            .collect();
+        self.gaps
+            .sort_by(|a, b| (a.0.as_bytes(), a.1).cmp(&(b.0.as_bytes(), b.1)));
+        for (id, from, to) in self.gaps {
+            if let Ok(i) = devices.binary_search_by(|d| d.device_id.as_bytes().cmp(id.as_bytes())) {
+                devices[i].gaps.push([from, to]);
+                devices[i].missing += (to - from + 1) as u64;
+            }
+        }
+        self.reasons.sort_by(|a, b| {
+            b.count
+                .cmp(&a.count)
+                .then_with(|| a.reason.as_bytes().cmp(b.reason.as_bytes()))
+        });
+        Stats {
+            total: devices.iter().map(|d| d.count).sum(),
+            devices,
+            latency: percentiles(&mut self.latencies),
+            duplicates: self.duplicates,
+            rejected: self.reasons.iter().map(|r| r.count).sum(),
+            rejected_by_reason: self.reasons,
+        }
+    }
+}
+
+/// Reads the report from a collector database (SQLite; PostgreSQL's is
+/// `store::postgres::stats::read`).
 pub fn read(conn: &Connection) -> rusqlite::Result<Stats> {
-    let mut devices: Vec<DeviceStats> = conn
+    let devices: Vec<DeviceRow> = conn
         .prepare(
             "SELECT device_id, count(*), min(receive_ts), max(receive_ts), min(seq), max(seq)
-             FROM telemetry GROUP BY device_id ORDER BY device_id",
+             FROM telemetry GROUP BY device_id",
         )?
         .query_map([], |r| {
-            Ok(DeviceStats {
+            Ok(DeviceRow {
                 device_id: r.get(0)?,
                 count: r.get::<_, i64>(1)? as u64,
                 first_seen: r.get(2)?,
                 last_seen: r.get(3)?,
                 seq_min: r.get(4)?,
                 seq_max: r.get(5)?,
-                gaps: Vec::new(),
-                missing: 0,
             })
         })?
         .collect::<Result<_, _>>()?;
 
-    // A gap is a run of seq values missing before a stored one, starting from 1.
-    let mut gaps = conn.prepare(
-        "SELECT device_id, prev + 1, seq - 1 FROM (
-             SELECT device_id, seq,
-                    lag(seq, 1, 0) OVER (PARTITION BY device_id ORDER BY seq) AS prev
-             FROM telemetry WHERE seq IS NOT NULL
-         ) WHERE seq > prev + 1 ORDER BY device_id, seq",
-    )?;
-    let mut rows = gaps.query([])?;
-    while let Some(r) = rows.next()? {
-        let id: String = r.get(0)?;
-        let (from, to): (i64, i64) = (r.get(1)?, r.get(2)?);
-        if let Ok(i) = devices.binary_search_by(|d| d.device_id.as_str().cmp(&id)) {
-            devices[i].gaps.push([from, to]);
-            devices[i].missing += (to - from + 1) as u64;
-        }
-    }
+    let gaps: Vec<(String, i64, i64)> = conn
+        .prepare(GAPS_SQL)?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
 
-    let mut lat: Vec<f64> = conn
+    let latencies: Vec<f64> = conn
         .prepare("SELECT receive_ts - publish_ts FROM telemetry WHERE publish_ts IS NOT NULL")?
         .query_map([], |r| r.get::<_, f64>(0))?
         .collect::<Result<_, _>>()?;
-    let latency = percentiles(&mut lat);
 
     let duplicates = conn
         .query_row(
@@ -125,11 +190,8 @@ pub fn read(conn: &Connection) -> rusqlite::Result<Stats> {
             e => Err(e),
         })? as u64;
 
-    let rejected_by_reason: Vec<ReasonCount> = conn
-        .prepare(
-            "SELECT coalesce(reason, ''), count(*) FROM rejected
-             GROUP BY reason ORDER BY count(*) DESC, reason",
-        )?
+    let reasons: Vec<ReasonCount> = conn
+        .prepare("SELECT coalesce(reason, ''), count(*) FROM rejected GROUP BY reason")?
         .query_map([], |r| {
             Ok(ReasonCount {
                 reason: r.get(0)?,
@@ -138,14 +200,14 @@ pub fn read(conn: &Connection) -> rusqlite::Result<Stats> {
         })?
         .collect::<Result<_, _>>()?;
 
-    Ok(Stats {
-        total: devices.iter().map(|d| d.count).sum(),
+    Ok(Raw {
         devices,
-        latency,
+        gaps,
+        latencies,
         duplicates,
-        rejected: rejected_by_reason.iter().map(|r| r.count).sum(),
-        rejected_by_reason,
-    })
+        reasons,
+    }
+    .into_stats())
 }
 
 /// p50/p95/p99/max of latencies in seconds (sorted in place), in milliseconds.

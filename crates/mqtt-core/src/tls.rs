@@ -168,10 +168,18 @@ pub fn server_verifier(
 
 /// Verifies the chain like webpki does and forgives only a name mismatch.
 /// webpki checks the chain, validity dates and revocation before the name, so a
-/// name error means everything else passed.
+/// name error means everything else passed. Public for the stores whose URLs say
+/// so themselves (PostgreSQL's `sslmode=verify-ca`).
 #[derive(Debug)]
-struct SkipHostnameVerifier {
+pub struct SkipHostnameVerifier {
     inner: Arc<WebPkiServerVerifier>,
+}
+
+impl SkipHostnameVerifier {
+    /// Wraps `inner`, which checks everything; only its name errors are forgiven.
+    pub fn new(inner: Arc<WebPkiServerVerifier>) -> SkipHostnameVerifier {
+        SkipHostnameVerifier { inner }
+    }
 }
 
 impl ServerCertVerifier for SkipHostnameVerifier {

@@ -11,6 +11,7 @@ mod fanout;
 pub mod influx;
 mod lazy;
 mod retry;
+pub mod postgres;
 pub mod sqlite;
 mod worker;
 
