@@ -14,5 +14,6 @@ mod first_run;
 mod harness;
 mod kit;
 mod security;
+mod stores;
 mod tls_guide;
 mod troubleshooting;

@@ -290,6 +290,9 @@ pub struct StatsArgs {
     /// Database to read [env: COLLECTOR_DB; default collector.db]
     #[arg(long, value_name = "PATH")]
     pub db: Option<PathBuf>,
+    /// Read the PostgreSQL store at this URL instead of SQLite [env: COLLECTOR_POSTGRES, when --db is not given]
+    #[arg(long, value_name = "URL", conflicts_with = "db")]
+    pub postgres: Option<String>,
     /// Print JSON instead of a table
     #[arg(long)]
     pub json: bool,

@@ -5,11 +5,16 @@
 
 use crate::cli::{self, RunArgs, StatsArgs, SyncArg};
 use crate::ingest::{IngestConfig, IngestError};
-use crate::store::{self, StoreWorker, SyncMode};
+use crate::store::influx;
+use crate::store::postgres::PostgresStore;
+use crate::store::{
+    self, Fanout, Lazy, Retrying, Store, StoreError, StoreHealth, StoreWorker, SyncMode,
+};
 use crate::{certgen as certs, stats as report};
 use mqtt_core::{exit, PermanentFailure, Settings};
-use std::path::PathBuf;
+use secrecy::SecretString;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// Why a command failed, by the exit code of the contract (section 6). The message
 /// is complete: the binary prints it once, as it is.
@@ -21,6 +26,10 @@ pub enum CommandError {
     /// Credentials, authorisation or certificates: exit code 3.
     #[error(transparent)]
     Permanent(PermanentFailure),
+    /// A store refused for a reason retrying cannot fix (authentication, a missing
+    /// database): exit code 3.
+    #[error("{0}")]
+    StoreRefused(String),
     /// Anything else: exit code 1.
     #[error("{0}")]
     Failure(String),
@@ -31,7 +40,7 @@ impl CommandError {
     pub fn exit_code(&self) -> i32 {
         match self {
             CommandError::Config(_) => exit::CONFIG,
-            CommandError::Permanent(_) => exit::PERMANENT,
+            CommandError::Permanent(_) | CommandError::StoreRefused(_) => exit::PERMANENT,
             CommandError::Failure(_) => exit::FAILURE,
         }
     }
@@ -41,6 +50,9 @@ impl From<IngestError> for CommandError {
     fn from(e: IngestError) -> Self {
         match e {
             IngestError::Connection(f) => CommandError::Permanent(f),
+            IngestError::Store(e) if e.is_refusal() => {
+                CommandError::StoreRefused(IngestError::Store(e).to_string())
+            }
             other => CommandError::Failure(other.to_string()),
         }
     }
@@ -56,33 +68,94 @@ pub struct RunPlan {
     pub settings: Settings,
     /// The ingest loop's configuration.
     pub cfg: IngestConfig,
-    /// The open database, on its own thread.
+    /// The stores (one, or a fan-out), on their own thread.
     pub store: StoreWorker,
-    /// The database file.
-    pub db: PathBuf,
-    /// How hard each commit flushes.
-    pub sync: SyncMode,
+    /// What the stores are, for the start-up log line.
+    pub stores: String,
+    /// Cancels the run: the signal handler fires it, and store retries watch it.
+    pub cancel: CancellationToken,
 }
 
-/// Reads the variables, validates the settings and the topics, and opens the database.
+/// Delays between two attempts at a store that is down.
+const STORE_RETRY: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(30));
+
+/// Reads the variables, validates the settings and the topics, and opens the stores.
 pub fn prepare_run(args: RunArgs) -> Result<RunPlan, CommandError> {
     let env = args.connection.env().map_err(config)?;
     let mut known: Vec<&'static str> = mqtt_core::settings::VARIABLES.to_vec();
     known.extend(cli::VARIABLES);
-    mqtt_core::settings::warn_unknown_variables(&env, &["MQTT_", "COLLECTOR_"], &known);
+    mqtt_core::settings::warn_unknown_variables(
+        &env,
+        &["MQTT_", "COLLECTOR_", "INFLUXDB_"],
+        &known,
+    );
     let settings = Settings::from_env(&env).map_err(config)?;
     let topics = cli::topics(&args.topics, &env).map_err(config)?;
     let client_id = settings
         .client_id
         .clone()
         .unwrap_or_else(|| "mqtt-collector".to_string());
-    let db = cli::db_path(args.db.as_ref(), &env);
+    let choice = cli::stores(&args.stores, args.db.as_ref(), &env).map_err(config)?;
     let sync = match args.sync {
         SyncArg::Normal => SyncMode::Normal,
         SyncArg::Full => SyncMode::Full,
     };
-    // An unusable --db is a bad argument (contract section 6), as device-sim's --queue is.
-    let sqlite = store::SqliteStore::open(&db, sync).map_err(config)?;
+    let cancel = CancellationToken::new();
+    let health = StoreHealth::default();
+    let mut stores: Vec<Box<dyn Store>> = Vec::new();
+    let mut names = Vec::new();
+    if let Some(db) = &choice.sqlite {
+        // An unusable --db is a bad argument (contract section 6), as device-sim's --queue is.
+        stores.push(Box::new(
+            store::SqliteStore::open(db, sync).map_err(config)?,
+        ));
+        names.push(format!("SQLite {} (sync {sync:?})", db.display()));
+    }
+    let retrying = |s: Box<dyn Store>, name: &'static str| -> Box<dyn Store> {
+        Box::new(Retrying::new(
+            s,
+            name,
+            STORE_RETRY,
+            cancel.clone(),
+            health.clone(),
+        ))
+    };
+    if let Some(url) = choice.postgres.clone() {
+        let id = client_id.clone();
+        let pg = Lazy::new("PostgreSQL", move || PostgresStore::connect(&url, &id))
+            .map_err(store_refused)?;
+        stores.push(retrying(Box::new(pg), "PostgreSQL"));
+        names.push("PostgreSQL".to_string());
+    }
+    if let Some((url, target, measurement, tag)) = choice.influx {
+        let target = match target {
+            cli::InfluxTarget::V1 {
+                db,
+                username,
+                password,
+            } => influx::InfluxTarget::V1 {
+                db,
+                username,
+                password: password.map(SecretString::from),
+            },
+            cli::InfluxTarget::V2 { bucket, org, token } => influx::InfluxTarget::V2 {
+                bucket,
+                org,
+                token: SecretString::from(token),
+            },
+        };
+        let mut cfg =
+            influx::InfluxConfig::new(url, target, tag.unwrap_or_else(|| client_id.clone()));
+        cfg.measurement = measurement;
+        names.push(format!("InfluxDB {}", cfg.url));
+        let store = influx::InfluxStore::new(cfg).map_err(store_refused)?;
+        stores.push(retrying(Box::new(store), "InfluxDB"));
+    }
+    let store: Box<dyn Store> = if stores.len() == 1 {
+        stores.pop().expect("one store")
+    } else {
+        Box::new(Fanout::new(stores))
+    };
     let cfg = IngestConfig {
         client_id,
         topics,
@@ -91,24 +164,50 @@ pub fn prepare_run(args: RunArgs) -> Result<RunPlan, CommandError> {
         max_payload: args.max_payload,
         status_interval: Some(args.status_interval.max(Duration::from_millis(100))),
         ready_file: cli::ready_file(args.ready_file.as_ref(), &env),
-        store_health: store::StoreHealth::default(),
+        store_health: health,
     };
     Ok(RunPlan {
         settings,
         cfg,
-        store: StoreWorker::spawn(Box::new(sqlite)),
-        db,
-        sync,
+        store: StoreWorker::spawn(store),
+        stores: names.join(", "),
+        cancel,
     })
+}
+
+/// A store that refuses at start: exit 3 when retrying cannot help, else 2.
+fn store_refused(e: StoreError) -> CommandError {
+    if e.is_refusal() {
+        CommandError::StoreRefused(e.to_string())
+    } else {
+        CommandError::Config(e.to_string())
+    }
 }
 
 /// `collector stats`: the report to print (a table, or JSON with `--json`).
 pub fn stats(args: &StatsArgs) -> Result<String, CommandError> {
     let env = mqtt_core::Env::load(args.env_file.as_deref()).map_err(config)?;
-    let path = cli::db_path(args.db.as_ref(), &env);
-    let conn = store::open_read_only(&path).map_err(config)?;
-    let stats = report::read(&conn)
-        .map_err(|e| CommandError::Failure(format!("cannot read {}: {e}", path.display())))?;
+    let postgres = args.postgres.clone().or_else(|| {
+        (args.db.is_none() && env.get("COLLECTOR_DB").is_none())
+            .then(|| env.get("COLLECTOR_POSTGRES").map(str::to_string))
+            .flatten()
+    });
+    let stats = match postgres {
+        Some(url) => store::postgres::stats::read(&url).map_err(|e| {
+            if e.is_refusal() {
+                CommandError::StoreRefused(e.to_string())
+            } else {
+                CommandError::Failure(e.to_string())
+            }
+        })?,
+        None => {
+            let path = cli::db_path(args.db.as_ref(), &env);
+            let conn = store::open_read_only(&path).map_err(config)?;
+            report::read(&conn).map_err(|e| {
+                CommandError::Failure(format!("cannot read {}: {e}", path.display()))
+            })?
+        }
+    };
     if args.json {
         serde_json::to_string_pretty(&stats)
             .map(|s| s + "\n")

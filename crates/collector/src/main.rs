@@ -8,7 +8,6 @@ use collector::command::{self, CommandError};
 use collector::{ingest, shutdown};
 use mqtt_core::exit;
 use std::process::ExitCode;
-use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 fn main() -> ExitCode {
@@ -44,14 +43,14 @@ fn code(c: i32) -> ExitCode {
 
 fn run(args: RunArgs) -> Result<(), CommandError> {
     let plan = command::prepare_run(args)?;
-    info!(db = %plan.db.display(), sync = ?plan.sync, "database open");
+    info!(stores = %plan.stores, "stores open");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| CommandError::Failure(format!("cannot start the async runtime: {e}")))?;
     runtime.block_on(async move {
-        let cancel = CancellationToken::new();
+        let cancel = plan.cancel;
         shutdown::cancel_on_signals(cancel.clone())
             .map_err(|e| CommandError::Failure(format!("cannot listen for signals: {e}")))?;
         ingest::run(&plan.settings, plan.cfg, plan.store, cancel).await?;
