@@ -8,6 +8,7 @@ use collector::store::{
     open_read_only, Record, RejectedRow, SqliteStore, Store, StoreError, SyncMode, TelemetryRow,
     WriteOutcome,
 };
+use std::time::{Duration, Instant};
 use testkit::{Pki, Postgres, PostgresConfig};
 
 fn reading(device: &str, seq: Option<i64>, ts: f64, speed: f64, receive: f64) -> Record {
@@ -256,6 +257,46 @@ fn a_stopped_server_is_unavailable_and_the_same_batch_is_stored_once_after() {
         .write_batch(&[reading("a", Some(12), t, 1.0, t)])
         .unwrap();
     assert_eq!(out, outcome(1, 0, 0));
+}
+
+#[test]
+fn a_stalled_server_times_out_as_unavailable() {
+    let pg = Postgres::start(PostgresConfig::new());
+    let mut store = PostgresStore::connect(&pg.url(), "c1")
+        .unwrap()
+        .with_timeout(Duration::from_secs(2));
+    let t = 1_700_000_000.0;
+    let batch = [reading("a", Some(1), t, 1.0, t)];
+    pg.pause();
+    let started = Instant::now();
+    let e = store.write_batch(&batch).unwrap_err();
+    let waited = started.elapsed();
+    pg.resume();
+    assert!(e.is_transient(), "{e}");
+    assert!(e.to_string().contains("no answer"), "{e}");
+    assert!(waited < Duration::from_secs(8), "{waited:?}");
+    assert_eq!(store.write_batch(&batch).unwrap(), outcome(1, 0, 0));
+    assert_eq!(count(&pg, "select count(*) from telemetry"), 1);
+}
+
+/// The collector builds its stores on an async worker and writes through the
+/// store thread: neither may hit tokio's nested-runtime panic.
+#[tokio::test]
+async fn usable_from_async_code_and_the_store_thread() {
+    let pg = Postgres::start(PostgresConfig::new());
+    let store = PostgresStore::connect(&pg.url(), "c1").unwrap();
+    let worker = collector::store::StoreWorker::spawn(Box::new(store));
+    let t = 1_700_000_000.0;
+    let out = worker
+        .write(vec![reading("a", Some(1), t, 1.0, t)])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out, outcome(1, 0, 0));
+    drop(worker);
+    assert_eq!(postgres::stats::read(&pg.url()).unwrap().total, 1);
+    // Dropped on the async worker itself.
+    drop(PostgresStore::connect(&pg.url(), "c2").unwrap());
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! A real PostgreSQL (Debian's `postgresql` package) in a temporary folder, on a
 //! free loopback port: password authentication (scram-sha-256) for TCP, optional
 //! TLS with a [`Pki`] server certificate, stopped, started again on the same port
-//! and data, or killed on demand, and killed when dropped.
+//! and data, paused, or killed on demand, and killed when dropped.
 //!
 //! PostgreSQL refuses to run as root, so under root (CI, this workplace) every
 //! server program runs as the `postgres` OS user, which owns the folder.
@@ -269,8 +269,6 @@ impl Postgres {
         let err = log.try_clone().map_err(io_err(&log_path))?;
         let mut cmd = self.command("postgres");
         cmd.arg("-D").arg(self.data_dir());
-        // Its own process group, so kill() reaches the backends too, like a crash.
-        cmd.process_group(0);
         let child = die_with_parent(&mut cmd)
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(err))
@@ -390,12 +388,35 @@ impl Postgres {
 
     /// SIGKILL to the server and its backends, and wait: a crash.
     pub fn kill(&mut self) {
+        self.signal_group(libc::SIGKILL);
         if let Some(mut c) = self.child.take() {
-            // SAFETY: kill(2) has no memory effects; the group is our child's own.
-            unsafe {
-                libc::kill(-(c.id() as i32), libc::SIGKILL);
-            }
             let _ = c.wait();
+        }
+    }
+
+    /// SIGSTOP to the server and its backends: connections stay open but nothing
+    /// answers (a stalled server, for timeout tests).
+    pub fn pause(&self) {
+        self.signal_group(libc::SIGSTOP);
+    }
+
+    /// SIGCONT after [`Postgres::pause`].
+    pub fn resume(&self) {
+        self.signal_group(libc::SIGCONT);
+    }
+
+    /// Signals the postmaster and every process it forked (each backend is a
+    /// session leader of its own, so a process group does not reach them).
+    fn signal_group(&self, sig: i32) {
+        let Some(c) = &self.child else { return };
+        let pid = c.id() as i32;
+        // Listed first: a killed postmaster's children are re-parented.
+        let children = children_of(pid);
+        for p in std::iter::once(pid).chain(children) {
+            // SAFETY: kill(2) has no memory effects; these are our child and its children.
+            unsafe {
+                libc::kill(p, sig);
+            }
         }
     }
 
@@ -489,6 +510,25 @@ fn bin_dir() -> Result<PathBuf> {
         .ok_or_else(|| PostgresError::NotInstalled {
             looked_in: format!("{}/*/bin", root.display()),
         })
+}
+
+/// The processes whose parent is `pid`, from /proc.
+fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            // After the command name in parentheses: state, then the parent's pid.
+            fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|stat| {
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok())
+                    == Some(pid)
+            })
+        })
+        .collect()
 }
 
 /// uid and gid of the `postgres` OS user.
