@@ -10,8 +10,8 @@
 mod fanout;
 pub mod influx;
 mod lazy;
-mod retry;
 pub mod postgres;
+mod retry;
 pub mod sqlite;
 mod worker;
 
