@@ -38,6 +38,19 @@ pub enum Command {
     Stats(StatsArgs),
     /// Write a development CA, server and client certificates for TLS
     Certgen(crate::certgen::CertgenArgs),
+    /// GET a URL (e.g. http://127.0.0.1:9464/readyz) and print the answer; exit 0 on 200, else 1: a container healthcheck without curl
+    Probe(ProbeArgs),
+}
+
+/// Arguments of `collector probe`.
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// The http:// URL to GET
+    #[arg(value_name = "URL")]
+    pub url: String,
+    /// Give up after this long
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
 }
 
 /// Arguments of the collector itself.
@@ -70,6 +83,9 @@ pub struct RunArgs {
     /// Create this file while the broker has confirmed the subscriptions on a live connection, and remove it otherwise: start devices once it exists, or use it as a healthcheck [env: COLLECTOR_READY_FILE]
     #[arg(long, value_name = "PATH")]
     pub ready_file: Option<PathBuf>,
+    /// Serve /metrics (Prometheus), /healthz and /readyz over HTTP on HOST:PORT, e.g. 127.0.0.1:9464 (off by default; a non-loopback address is logged as exposed) [env: COLLECTOR_METRICS_ADDR]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
     /// The stores besides SQLite.
     #[command(flatten)]
     pub stores: StoreArgs,
@@ -216,6 +232,7 @@ pub const VARIABLES: &[&str] = &[
     "MQTT_TOPICS",
     "COLLECTOR_DB",
     "COLLECTOR_READY_FILE",
+    "COLLECTOR_METRICS_ADDR",
     "COLLECTOR_POSTGRES",
     "INFLUXDB_URL",
     "INFLUXDB_DB",
@@ -238,6 +255,10 @@ pub fn after_help() -> String {
         (
             "COLLECTOR_READY_FILE",
             "readiness file (--ready-file wins) [none]",
+        ),
+        (
+            "COLLECTOR_METRICS_ADDR",
+            "HOST:PORT of /metrics, /healthz, /readyz (--metrics-addr wins) [off]",
         ),
         (
             "COLLECTOR_POSTGRES",
@@ -273,6 +294,14 @@ pub fn after_help() -> String {
 pub fn ready_file(flag: Option<&PathBuf>, env: &Env) -> Option<PathBuf> {
     flag.cloned()
         .or_else(|| env.get("COLLECTOR_READY_FILE").map(PathBuf::from))
+}
+
+/// The metrics endpoint's address: the flag, else `COLLECTOR_METRICS_ADDR`; an
+/// empty value is off.
+pub fn metrics_addr(flag: Option<&String>, env: &Env) -> Option<String> {
+    flag.cloned()
+        .or_else(|| env.get("COLLECTOR_METRICS_ADDR").map(str::to_string))
+        .filter(|a| !a.trim().is_empty())
 }
 
 /// `--sync` values.

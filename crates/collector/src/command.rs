@@ -3,8 +3,9 @@
 //! [`stats`] reads a database into the text to print; [`certgen`] writes
 //! certificates. Every failure is a [`CommandError`] that knows its exit code.
 
-use crate::cli::{self, RunArgs, StatsArgs, SyncArg};
-use crate::ingest::{IngestConfig, IngestError};
+use crate::cli::{self, ProbeArgs, RunArgs, StatsArgs, SyncArg};
+use crate::ingest::{Counted, IngestConfig, IngestError, Metrics};
+use crate::ready::ReadyState;
 use crate::store::influx;
 use crate::store::postgres::PostgresStore;
 use crate::store::{
@@ -74,6 +75,31 @@ pub struct RunPlan {
     pub stores: String,
     /// Cancels the run: the signal handler fires it, and store retries watch it.
     pub cancel: CancellationToken,
+    /// The bound `--metrics-addr` and what it serves, when asked for.
+    pub endpoint: Option<Endpoint>,
+}
+
+/// The metrics endpoint, bound before the run so a bad address exits 2.
+pub struct Endpoint {
+    /// Bound and listening.
+    pub listener: std::net::TcpListener,
+    /// Every collector metric.
+    pub registry: prometheus_client::registry::Registry,
+}
+
+impl Endpoint {
+    /// Serves `/metrics`, `/healthz` and `/readyz` (from `ready`) until `cancel` fires.
+    pub async fn serve(self, ready: ReadyState, cancel: CancellationToken) {
+        let readiness: mqtt_core::metrics_server::Readiness =
+            std::sync::Arc::new(move || ready.check().map_err(str::to_string));
+        mqtt_core::metrics_server::serve(
+            self.listener,
+            std::sync::Arc::new(self.registry),
+            readiness,
+            cancel,
+        )
+        .await
+    }
 }
 
 /// Delays between two attempts at a store that is down.
@@ -100,20 +126,36 @@ pub fn prepare_run(args: RunArgs) -> Result<RunPlan, CommandError> {
         SyncArg::Normal => SyncMode::Normal,
         SyncArg::Full => SyncMode::Full,
     };
+    let endpoint = match cli::metrics_addr(args.metrics_addr.as_ref(), &env) {
+        Some(addr) => Some(Endpoint {
+            listener: mqtt_core::metrics_server::bind(
+                &addr,
+                "--metrics-addr (COLLECTOR_METRICS_ADDR)",
+            )
+            .map_err(config)?,
+            registry: prometheus_client::registry::Registry::default(),
+        }),
+        None => None,
+    };
+    let metrics = Metrics::default();
     let cancel = CancellationToken::new();
     let health = StoreHealth::default();
     let mut stores: Vec<Box<dyn Store>> = Vec::new();
     let mut names = Vec::new();
     if let Some(db) = &choice.sqlite {
         // An unusable --db is a bad argument (contract section 6), as device-sim's --queue is.
-        stores.push(Box::new(
-            store::SqliteStore::open(db, sync).map_err(config)?,
-        ));
+        let sqlite = store::SqliteStore::open(db, sync).map_err(config)?;
+        stores.push(Box::new(Counted::new(
+            Box::new(sqlite),
+            "sqlite",
+            metrics.clone(),
+        )));
         names.push(format!("SQLite {} (sync {sync:?})", db.display()));
     }
-    let retrying = |s: Box<dyn Store>, name: &'static str| -> Box<dyn Store> {
+    // Counted inside Retrying: every failed attempt is a store error.
+    let retrying = |s: Box<dyn Store>, name: &'static str, label: &'static str| -> Box<dyn Store> {
         Box::new(Retrying::new(
-            s,
+            Box::new(Counted::new(s, label, metrics.clone())),
             name,
             STORE_RETRY,
             cancel.clone(),
@@ -124,7 +166,7 @@ pub fn prepare_run(args: RunArgs) -> Result<RunPlan, CommandError> {
         let id = client_id.clone();
         let pg = Lazy::new("PostgreSQL", move || PostgresStore::connect(&url, &id))
             .map_err(store_refused)?;
-        stores.push(retrying(Box::new(pg), "PostgreSQL"));
+        stores.push(retrying(Box::new(pg), "PostgreSQL", "postgresql"));
         names.push("PostgreSQL".to_string());
     }
     if let Some((url, target, measurement, tag)) = choice.influx {
@@ -149,7 +191,7 @@ pub fn prepare_run(args: RunArgs) -> Result<RunPlan, CommandError> {
         cfg.measurement = measurement;
         names.push(format!("InfluxDB {}", cfg.url));
         let store = influx::InfluxStore::new(cfg).map_err(store_refused)?;
-        stores.push(retrying(Box::new(store), "InfluxDB"));
+        stores.push(retrying(Box::new(store), "InfluxDB", "influxdb"));
     }
     let store: Box<dyn Store> = if stores.len() == 1 {
         stores.pop().expect("one store")
@@ -164,14 +206,20 @@ pub fn prepare_run(args: RunArgs) -> Result<RunPlan, CommandError> {
         max_payload: args.max_payload,
         status_interval: Some(args.status_interval.max(Duration::from_millis(100))),
         ready_file: cli::ready_file(args.ready_file.as_ref(), &env),
-        store_health: health,
+        ready_state: ReadyState::new(health),
+        metrics: metrics.clone(),
     };
+    let mut endpoint = endpoint;
+    if let Some(e) = endpoint.as_mut() {
+        metrics.register(&mut e.registry);
+    }
     Ok(RunPlan {
         settings,
         cfg,
         store: StoreWorker::spawn(store),
         stores: names.join(", "),
         cancel,
+        endpoint,
     })
 }
 
@@ -214,6 +262,45 @@ pub fn stats(args: &StatsArgs) -> Result<String, CommandError> {
             .map_err(|e| CommandError::Failure(e.to_string()))
     } else {
         Ok(report::render(&stats))
+    }
+}
+
+/// `collector probe`: GETs the URL; `Ok(body)` on 200, else the failure to print
+/// (exit 1; exit 2 for a URL that is not http://).
+pub fn probe(args: &ProbeArgs) -> Result<String, CommandError> {
+    let url = args.url.trim();
+    if !url
+        .get(..7)
+        .is_some_and(|s| s.eq_ignore_ascii_case("http://"))
+    {
+        return Err(CommandError::Config(format!(
+            "probe {url:?}: only http:// URLs are probed (the metrics endpoint has no TLS)"
+        )));
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(args.timeout))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+        .into();
+    let mut response = agent
+        .get(url)
+        .call()
+        .map_err(|e| CommandError::Failure(format!("probe {url}: {e}")))?;
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(64 * 1024)
+        .read_to_string()
+        .unwrap_or_default();
+    if status == 200 {
+        Ok(body)
+    } else {
+        Err(CommandError::Failure(format!(
+            "probe {url}: HTTP {status}: {}",
+            body.trim_end()
+        )))
     }
 }
 
@@ -286,6 +373,7 @@ mod tests {
             db: Some(dir.path().join("none.db")),
             json: false,
             env_file: None,
+            postgres: None,
         };
         let err = stats(&args).unwrap_err();
         assert_eq!(err.exit_code(), exit::CONFIG, "{err}");

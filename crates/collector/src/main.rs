@@ -1,4 +1,4 @@
-//! `collector`: tracing, argument parsing, then one of run / stats / certgen, with
+//! `collector`: tracing, argument parsing, then one of run / stats / certgen / probe, with
 //! the outcome mapped to the contract's exit codes (section 6). The work happens in
 //! the library.
 
@@ -26,6 +26,7 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Some(Command::Stats(args)) => command::stats(&args).map(|report| print!("{report}")),
         Some(Command::Certgen(args)) => command::certgen(&args),
+        Some(Command::Probe(args)) => command::probe(&args).map(|body| print!("{body}")),
         None => run(cli.run),
     };
     match outcome {
@@ -53,6 +54,10 @@ fn run(args: RunArgs) -> Result<(), CommandError> {
         let cancel = plan.cancel;
         shutdown::cancel_on_signals(cancel.clone())
             .map_err(|e| CommandError::Failure(format!("cannot listen for signals: {e}")))?;
+        // ingest::run cancels the token when it ends, which stops the endpoint too.
+        if let Some(endpoint) = plan.endpoint {
+            tokio::spawn(endpoint.serve(plan.cfg.ready_state.clone(), cancel.clone()));
+        }
         ingest::run(&plan.settings, plan.cfg, plan.store, cancel).await?;
         info!("stopped: everything read was stored and acknowledged");
         Ok(())

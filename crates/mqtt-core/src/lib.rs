@@ -10,6 +10,7 @@
 //!   reconnects with [`backoff`], and classifies failures as transient or permanent;
 //! - [`message`] is the telemetry payload both binaries speak, and the device id rules;
 //! - [`help`] is the end of both binaries' `--help` and their log setup;
+//! - `metrics_server` (feature `metrics`) serves `/metrics`, `/healthz` and `/readyz`;
 //! - `certgen` (feature `certgen`) makes a development CA, server and client certificates.
 //!
 //! # The owner's side of a connection
@@ -72,6 +73,8 @@ pub mod certgen;
 pub mod connection;
 pub mod help;
 pub mod message;
+#[cfg(feature = "metrics")]
+pub mod metrics_server;
 pub mod settings;
 #[cfg(test)]
 mod settings_props;

@@ -17,14 +17,16 @@
 //! through an [`Acker`].
 
 mod ack;
+pub mod metrics;
 #[cfg(test)]
 mod tests;
 
-use crate::ready::ReadyFile;
+use crate::ready::{ReadyFile, ReadyState};
 use crate::stats::percentiles;
 use crate::store::{Record, RejectedRow, StoreError, StoreWorker, TelemetryRow, WriteOutcome};
 use crate::validate::validate;
 pub use ack::{AckLost, Acker};
+pub use metrics::{Counted, Metrics};
 use mqtt_core::connection::ConnectionOptions;
 use mqtt_core::message::unix_now;
 use mqtt_core::{spawn_connection, ConnectionEvent, PermanentFailure, Settings};
@@ -54,8 +56,10 @@ pub struct IngestConfig {
     pub status_interval: Option<Duration>,
     /// Present while the subscription is confirmed on a live connection.
     pub ready_file: Option<std::path::PathBuf>,
-    /// Whether every store is writable (false while one is retried): part of readiness.
-    pub store_health: crate::store::StoreHealth,
+    /// The readiness condition (the stores' health included), shared with `/readyz`.
+    pub ready_state: ReadyState,
+    /// Where the loop counts (registered by the caller when it serves them).
+    pub metrics: Metrics,
 }
 
 /// Why the run loop ended with a failure.
@@ -89,6 +93,8 @@ struct Batch {
     records: Vec<Record>,
     acks: Vec<Ack>,
     opened: Option<Instant>,
+    /// The reason class of each rejected record, counted once the batch commits.
+    rejected: Vec<&'static str>,
 }
 
 impl Batch {
@@ -111,6 +117,8 @@ struct InFlight {
     acks: Vec<Ack>,
     publish_ts: Vec<f64>,
     size: usize,
+    rejected: Vec<&'static str>,
+    started: Instant,
 }
 
 /// What happened since the last status line.
@@ -157,16 +165,16 @@ pub async fn run(
         "collector starting"
     );
     // Checked before connecting, so a bad --ready-file fails before any session opens.
-    let mut ready = ReadyFile::new(cfg.ready_file.clone()).map_err(|e| {
-        IngestError::ReadyFile(format!(
-            "{}: {e}",
-            cfg.ready_file
-                .as_deref()
-                .unwrap_or_else(|| std::path::Path::new(""))
-                .display()
-        ))
-    })?;
-    ready.watch(cfg.store_health.clone());
+    let ready =
+        ReadyFile::with_state(cfg.ready_file.clone(), cfg.ready_state.clone()).map_err(|e| {
+            IngestError::ReadyFile(format!(
+                "{}: {e}",
+                cfg.ready_file
+                    .as_deref()
+                    .unwrap_or_else(|| std::path::Path::new(""))
+                    .display()
+            ))
+        })?;
     let mut conn = spawn_connection(settings, opts, cancel.clone());
     let mut ingest = Ingest::new(cfg, ready, conn.client.clone(), store);
     let outcome = ingest.consume(&mut conn.events, &cancel).await;
@@ -200,6 +208,7 @@ pub struct Ingest<A: Acker> {
     interval: Interval,
     interval_start: Instant,
     idle_logged: bool,
+    ever_connected: bool,
 }
 
 impl<A: Acker> Ingest<A> {
@@ -216,6 +225,7 @@ impl<A: Acker> Ingest<A> {
             interval: Interval::default(),
             interval_start: Instant::now(),
             idle_logged: false,
+            ever_connected: false,
         }
     }
 
@@ -230,6 +240,7 @@ impl<A: Acker> Ingest<A> {
         let outcome = self.read_loop(events, cancel).await;
         // Leaving: devices must not be told to start on our account any more.
         self.ready.set(false);
+        self.cfg.metrics.connected(false, false);
         let outcome = match outcome {
             Ok(()) => self.drain().await.map_err(IngestError::from),
             Err(IngestError::Store(e)) => {
@@ -305,6 +316,9 @@ impl<A: Acker> Ingest<A> {
         match event {
             ConnectionEvent::Message(p) => self.on_message(p),
             ConnectionEvent::Connected { session_present } => {
+                self.ready.connected();
+                self.cfg.metrics.connected(true, self.ever_connected);
+                self.ever_connected = true;
                 if !session_present {
                     info!("the broker holds no session for this client id yet: subscribing");
                 }
@@ -312,6 +326,7 @@ impl<A: Acker> Ingest<A> {
             ConnectionEvent::Subscribed => self.ready.set(true),
             ConnectionEvent::Disconnected { reason, resume } => {
                 self.ready.set(false);
+                self.cfg.metrics.connected(false, false);
                 self.epoch += 1;
                 let unacked = self.open.len() + self.in_flight.as_ref().map_or(0, |f| f.size);
                 if unacked > 0 {
@@ -329,6 +344,7 @@ impl<A: Acker> Ingest<A> {
 
     fn on_message(&mut self, p: Publish) {
         let receive_ts = unix_now();
+        self.cfg.metrics.received();
         let record = match validate(&p.topic, &p.payload, self.cfg.max_payload) {
             Ok(a) => Record::Telemetry(TelemetryRow {
                 device_id: a.device_id,
@@ -340,6 +356,7 @@ impl<A: Acker> Ingest<A> {
             }),
             Err(reason) => {
                 debug!(topic = %p.topic, "rejected: {reason}");
+                self.open.rejected.push(metrics::reason_class(&reason));
                 if self.interval.first_reject.is_none() {
                     self.interval.first_reject = Some(format!("{}: {reason}", p.topic));
                 }
@@ -381,6 +398,8 @@ impl<A: Acker> Ingest<A> {
             acks: batch.acks,
             publish_ts,
             size,
+            rejected: batch.rejected,
+            started: Instant::now(),
         });
     }
 
@@ -393,6 +412,12 @@ impl<A: Acker> Ingest<A> {
     ) -> Result<(), IngestError> {
         let outcome = result.map_err(|_| StoreError::WorkerGone)??;
         let now = unix_now();
+        self.cfg.metrics.committed(
+            &outcome,
+            &done.rejected,
+            done.started.elapsed().as_secs_f64(),
+            done.publish_ts.iter().map(|p| now - p),
+        );
         let i = &mut self.interval;
         i.stored += outcome.stored;
         i.duplicates += outcome.duplicates;

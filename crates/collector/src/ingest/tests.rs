@@ -173,7 +173,8 @@ fn config(batch_size: usize) -> IngestConfig {
         max_payload: 4096,
         status_interval: None,
         ready_file: None,
-        store_health: crate::store::StoreHealth::default(),
+        ready_state: crate::ready::ReadyState::default(),
+        metrics: super::Metrics::default(),
     }
 }
 
