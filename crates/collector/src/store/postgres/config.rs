@@ -103,6 +103,14 @@ impl PostgresUrl {
             Some((b, q)) => (b, q),
             None => (trimmed, ""),
         };
+        if !base.contains('@') && query.contains('@') {
+            // Else the password's tail would be read as a parameter and could
+            // show up in a message.
+            return Err(err(
+                "the password holds a '?': percent-encode it (? is %3F, @ is %40, / is %2F, # is %23)"
+                    .into(),
+            ));
+        }
         let mut ssl_mode = None;
         let mut root_cert = None;
         let mut kept = Vec::new();
@@ -352,6 +360,7 @@ mod tests {
                 "percent-encoding",
             ),
             ("", "expected a URL like"),
+            ("postgresql://u:pw1?x@h/db", "percent-encode"),
         ] {
             let e = PostgresUrl::parse(url).unwrap_err().to_string();
             assert!(e.contains(says), "{url}: {e}");
