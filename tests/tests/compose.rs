@@ -26,18 +26,20 @@ fn bind_mounts(config: &str) -> Vec<PathBuf> {
 
 /// `docker-compose config` of the shipped compose file: the file as Compose reads it.
 fn compose_config() -> String {
+    compose_config_of(&["docker/docker-compose.yml"])
+}
+
+/// `docker-compose -f A -f B … config`: the files merged as Compose merges them.
+fn compose_config_of(files: &[&str]) -> String {
     let root = repo();
-    let file = root.join("docker/docker-compose.yml");
-    let out = tool("docker-compose")
-        .arg("-f")
-        .arg(&file)
-        .arg("config")
-        .current_dir(&root)
-        .output()
-        .unwrap();
+    let mut cmd = tool("docker-compose");
+    for f in files {
+        cmd.arg("-f").arg(root.join(f));
+    }
+    let out = cmd.arg("config").current_dir(&root).output().unwrap();
     assert!(
         out.status.success(),
-        "docker-compose config: {}",
+        "docker-compose {files:?} config: {}",
         text(&out)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -222,4 +224,102 @@ fn collector_is_healthy_once_subscribed_and_the_images_build_without_buildkit() 
         depends.contains("collector: condition: service_healthy"),
         "device-sim does not wait for a healthy collector: {depends}"
     );
+}
+
+#[test]
+fn postgres_addition_merges_and_the_collector_waits_for_a_healthy_postgres() {
+    let root = repo();
+    let config = compose_config_of(&[
+        "docker/docker-compose.yml",
+        "docker/docker-compose.postgres.yml",
+    ]);
+    let pg = service(&config, "postgres");
+    assert!(!pg.is_empty(), "no postgres service:\n{config}");
+    let pg_text = pg.join("\n");
+    for needed in [
+        "image: postgres:16",
+        "POSTGRES_PASSWORD: ",
+        "pg_isready",
+        "healthcheck:",
+    ] {
+        assert!(
+            pg_text.contains(needed),
+            "the postgres service lacks {needed:?}:\n{pg_text}"
+        );
+    }
+    assert!(
+        config.contains("postgres-data:"),
+        "no postgres-data volume:\n{config}"
+    );
+    // The password comes from an env file, not from the compose file itself.
+    let override_file =
+        std::fs::read_to_string(root.join("docker/docker-compose.postgres.yml")).unwrap();
+    assert!(
+        !override_file.contains("POSTGRES_PASSWORD") && override_file.contains("env_file"),
+        "the password belongs in docker/postgres.env"
+    );
+
+    let collector = service(&config, "collector");
+    let collector_text = collector.join("\n");
+    let depends = collector
+        .iter()
+        .skip_while(|l| l.trim() != "depends_on:")
+        .skip(1)
+        .take_while(|l| l.starts_with("      "))
+        .map(|l| l.trim())
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        depends.contains("postgres: condition: service_healthy")
+            && depends.contains("mosquitto: condition: service_healthy"),
+        "the collector must wait for a healthy postgres and broker: {depends}"
+    );
+    let url = collector
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("COLLECTOR_POSTGRES: "))
+        .unwrap_or_else(|| panic!("the collector has no COLLECTOR_POSTGRES:\n{collector_text}"));
+    assert!(
+        url.starts_with("postgresql://") && url.contains("@postgres:5432/"),
+        "COLLECTOR_POSTGRES does not name the postgres service: {url}"
+    );
+    // The password in the URL is the server's.
+    let password = pg
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("POSTGRES_PASSWORD: "))
+        .unwrap()
+        .trim_matches(|c| c == '\'' || c == '"');
+    let user = pg
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("POSTGRES_USER: "))
+        .unwrap();
+    let db = pg
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("POSTGRES_DB: "))
+        .unwrap();
+    assert!(
+        url.contains(&format!("//{user}:{password}@postgres:5432/{db}")),
+        "COLLECTOR_POSTGRES ({url}) does not match the postgres service's user, password and database"
+    );
+    // SQLite is off in this setup: COLLECTOR_DB empty (an empty value counts as unset).
+    assert!(
+        collector.iter().any(|l| l.trim() == "COLLECTOR_DB: ''"),
+        "COLLECTOR_DB should be empty with PostgreSQL:\n{collector_text}"
+    );
+    // The rest of the collector is the main file's: the broker settings and the ready file.
+    for needed in ["MQTT_USE_TLS: \"true\"", "/data/collector.ready"] {
+        assert!(
+            collector_text.contains(needed),
+            "the merged collector lost {needed:?}:\n{collector_text}"
+        );
+    }
+    // The collector reads every variable of its new env file.
+    let env = std::fs::read_to_string(root.join("docker/collector-postgres.env")).unwrap();
+    let vars = crate::kit::vars_read_by(&root.join("crates/collector"));
+    for l in env
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains('='))
+    {
+        let key = l.split('=').next().unwrap();
+        assert!(vars.contains(key), "the collector does not read {key}");
+    }
 }

@@ -56,8 +56,9 @@ fn no_file_in_the_repository_points_outside_it() {
 }
 
 /// The sources of the collector's store (`store.rs`, or a `store/` module with
-/// its submodules), each without its test module, joined.
-fn store_sources() -> String {
+/// its submodules) whose path relative to `src/` passes `keep`, each without its
+/// test module, joined.
+fn store_sources(keep: impl Fn(&str) -> bool) -> String {
     fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
         for e in std::fs::read_dir(dir).unwrap() {
             let p = e.unwrap().path();
@@ -73,7 +74,7 @@ fn store_sources() -> String {
     walk(&src, &mut files);
     files.retain(|f| {
         let rel = f.strip_prefix(&src).unwrap().to_string_lossy().into_owned();
-        (rel == "store.rs" || rel.starts_with("store/")) && !rel.ends_with("tests.rs")
+        (rel == "store.rs" || rel.starts_with("store/")) && !rel.ends_with("tests.rs") && keep(&rel)
     });
     files.sort();
     assert!(
@@ -91,22 +92,40 @@ fn store_sources() -> String {
         .join("\n")
 }
 
-/// Every `CREATE TABLE` of the collector's SQLite store with its column names,
-/// plus any column added later with `ALTER TABLE … ADD COLUMN`.
-fn store_tables() -> Vec<(String, Vec<String>)> {
-    let src = store_sources();
+/// The SQL stores: the SQLite store (every store source outside `store/postgres/`
+/// and `store/influx/`) and the PostgreSQL store (`store/postgres/`), each with the heading prefix under
+/// which docs/reference.md describes its tables.
+const SQL_STORES: [(&str, &str); 2] = [
+    ("SQLite", "### Table `"),
+    ("PostgreSQL", "### PostgreSQL table `"),
+];
+
+fn is_store_file(store: &str, rel: &str) -> bool {
+    match store {
+        "PostgreSQL" => rel.starts_with("store/postgres/"),
+        _ => !rel.starts_with("store/postgres/") && !rel.starts_with("store/influx/"),
+    }
+}
+
+/// Every `CREATE TABLE` of one SQL store (see [`SQL_STORES`]) with its column
+/// names, plus any column added later with `ALTER TABLE … ADD COLUMN`. A
+/// `CREATE TABLE` in prose (a comment) is not a statement and is skipped.
+fn store_tables(store: &str) -> Vec<(String, Vec<String>)> {
+    let src = store_sources(|rel| is_store_file(store, rel));
     let src = src.as_str();
     let mut tables: Vec<(String, Vec<String>)> = Vec::new();
     let mut rest = src;
     while let Some(i) = rest.find("CREATE TABLE") {
         let after = &rest[i + "CREATE TABLE".len()..];
-        let open = after.find('(').unwrap();
-        let name = after[..open]
-            .split_whitespace()
-            .last()
-            .unwrap()
-            .trim_matches('"')
-            .to_string();
+        let Some(open) = after.find('(') else { break };
+        let head: Vec<&str> = after[..open].split_whitespace().collect();
+        let name = match head.as_slice() {
+            [name] | ["IF", "NOT", "EXISTS", name] => name.trim_matches('"').to_string(),
+            _ => {
+                rest = after;
+                continue;
+            }
+        };
         let body = &after[open + 1..];
         let mut depth = 1;
         let close = body
@@ -190,6 +209,17 @@ fn reference_names_every_variable_flag_table_and_column() {
             "the scan no longer finds {must}: {vars:?}"
         );
     }
+    // The scan must still see every variable the crates declare they read.
+    for krate in ["mqtt-core", "collector"] {
+        let dir = root.join("crates").join(krate);
+        let declared = crate::kit::declared_vars(&dir);
+        assert!(!declared.is_empty(), "{krate}: no VARIABLES constant found");
+        let unseen: Vec<_> = declared.difference(&vars).collect();
+        assert!(
+            unseen.is_empty(),
+            "the scan (kit::vars_read_by) does not see {krate} read {unseen:?}: teach it the new pattern"
+        );
+    }
     let missing: Vec<_> = vars
         .iter()
         .filter(|v| !reference.contains(&format!("`{v}`")))
@@ -238,27 +268,47 @@ fn reference_names_every_variable_flag_table_and_column() {
         }
     }
 
-    // Tables and columns: each table has its own section naming every column.
-    let tables = store_tables();
-    let names: Vec<&str> = tables.iter().map(|(n, _)| n.as_str()).collect();
-    for want in ["telemetry", "rejected", "counters"] {
-        assert!(
-            names.contains(&want),
-            "store.rs has no table {want}: {names:?}"
-        );
-    }
-    for (table, columns) in &tables {
-        assert!(
-            columns.len() >= 2,
-            "{table}: columns not found: {columns:?}"
-        );
-        let part = section(&reference, &format!("### Table `{table}`"));
-        for c in columns {
+    // Tables and columns: each table of each SQL store has its own section
+    // naming every column.
+    for (store, heading) in SQL_STORES {
+        let tables = store_tables(store);
+        let names: Vec<&str> = tables.iter().map(|(n, _)| n.as_str()).collect();
+        for want in ["telemetry", "rejected", "counters"] {
             assert!(
-                part.contains(&format!("| `{c}` |")),
-                "docs/reference.md, table `{table}`, does not describe column `{c}`"
+                names.contains(&want),
+                "the {store} store has no table {want}: {names:?}"
             );
         }
+        for (table, columns) in &tables {
+            assert!(
+                columns.len() >= 2,
+                "{store} {table}: columns not found: {columns:?}"
+            );
+            let part = section(&reference, &format!("{heading}{table}`"));
+            for c in columns {
+                assert!(
+                    part.contains(&format!("| `{c}` |")),
+                    "docs/reference.md, {store} table `{table}`, does not describe column `{c}`"
+                );
+            }
+        }
+    }
+    // The InfluxDB point: measurement, tags and the fields the collector adds.
+    let influx = section(&reference, "## 10. The InfluxDB store");
+    for name in [
+        "`device_data`",
+        "`device_id`",
+        "`collector`",
+        "`detection_label`",
+        "`seq`",
+        "`publish_timestamp`",
+        "`collector_receive_time`",
+        "-dedup.minScrapeInterval",
+    ] {
+        assert!(
+            influx.contains(name),
+            "docs/reference.md, InfluxDB store, does not describe {name}"
+        );
     }
     for topic in ["device/data/{device_id}", "vehicle/speed/{device_id}"] {
         assert!(
@@ -339,10 +389,10 @@ fn readme_has_prerequisites_data_export_docker_and_dependencies() {
         "sqlite3 -header -csv",
         "json_extract(payload",
         "collector stats --db",
+        "collector stats --postgres",
         "--json",
         "PostgreSQL",
         "InfluxDB",
-        "planned",
     ] {
         assert!(out.contains(needed), "README data section lacks {needed:?}");
     }

@@ -135,6 +135,7 @@ fn env_examples_list_every_variable_and_only_variables_the_code_reads() {
     // The compose env files, too, only hold variables their binary reads.
     for (name, reads) in [
         ("docker/collector.env", &collector),
+        ("docker/collector-postgres.env", &collector),
         ("docker/device-sim.env", &device),
     ] {
         let listed = env_file_vars(&root.join(name));

@@ -97,7 +97,8 @@ pub fn vars_read_by(crate_dir: &Path) -> BTreeSet<String> {
             ]
             .iter()
             .any(|p| before.ends_with(p))
-                || (before.ends_with(">(") && before.contains("parse::<"));
+                || (before.ends_with(">(") && before.contains("parse::<"))
+                || flag_then_variable(before);
             if reads
                 && lit.len() > 2
                 && lit.contains('_')
@@ -115,6 +116,51 @@ pub fn vars_read_by(crate_dir: &Path) -> BTreeSet<String> {
         }
     }
     vars
+}
+
+/// Whether the text before a literal ends with `&args.FIELD,`: the collector's
+/// store settings are read as `pick(&args.postgres, "COLLECTOR_POSTGRES")`, the flag
+/// first, then the variable (also in `(&args.influx_db, "INFLUXDB_DB")` pairs).
+fn flag_then_variable(before: &str) -> bool {
+    let Some(head) = before.strip_suffix(',') else {
+        return false;
+    };
+    let field_start = head
+        .rfind(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+        .map_or(0, |i| i + 1);
+    field_start < head.len() && head[..field_start].ends_with("&args.")
+}
+
+/// The names in the `VARIABLES` constants (`const VARIABLES: &[&str] = &[…];`) of
+/// the sources of `crate_dir`: the variables a crate says it reads, so a test can
+/// check that [`vars_read_by`] still finds each of them.
+pub fn declared_vars(crate_dir: &Path) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut stack = vec![crate_dir.join("src")];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            if p.extension().is_none_or(|x| x != "rs") {
+                continue;
+            }
+            let src = std::fs::read_to_string(&p).unwrap();
+            let src = src.split("#[cfg(test)]").next().unwrap();
+            let mut rest = src;
+            while let Some(i) = rest.find("const VARIABLES: &[&str] = &[") {
+                let body = &rest[i..];
+                let end = body.find("];").unwrap_or(body.len());
+                for lit in body[..end].split('"').skip(1).step_by(2) {
+                    out.insert(lit.to_string());
+                }
+                rest = &body[end..];
+            }
+        }
+    }
+    out
 }
 
 /// The files git tracks in the repository, relative to its root.
