@@ -19,7 +19,9 @@ use std::time::Duration;
 /// Connection settings (broker, TLS, user name, ...) come from MQTT_* variables in
 /// the environment or in ./.env, listed below; docs/reference.md describes each.
 #[derive(Debug, Parser)]
-#[command(name = "device-sim", version, about, long_about, after_help = mqtt_core::help::after_help(&[]))]
+#[command(name = "device-sim", version, about, long_about, after_help = mqtt_core::help::after_help(&[
+    ("DEVICE_SIM_METRICS_ADDR", "HOST:PORT of /metrics, /healthz, /readyz (--metrics-addr wins) [off]"),
+]))]
 pub struct Cli {
     /// `--env-file` and the other connection arguments both binaries share.
     #[command(flatten)]
@@ -79,7 +81,14 @@ pub struct Cli {
     /// Time between two status lines
     #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = positive_duration)]
     pub status_interval: Duration,
+
+    /// Serve /metrics (Prometheus), /healthz and /readyz over HTTP on HOST:PORT, e.g. 127.0.0.1:9465 (off by default; a non-loopback address is logged as exposed) [env: DEVICE_SIM_METRICS_ADDR]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
 }
+
+/// Variables device-sim reads besides the connection's `MQTT_*` ones.
+pub const VARIABLES: &[&str] = &["DEVICE_SIM_METRICS_ADDR"];
 
 /// The target these lines had when `main.rs` logged them, so log readers see no change.
 const LOG_TARGET: &str = "device_sim";
@@ -91,11 +100,27 @@ impl Cli {
         // MQTT_TOPICS is the collector's; one .env may serve both binaries.
         let mut known = mqtt_core::settings::VARIABLES.to_vec();
         known.push("MQTT_TOPICS");
+        known.extend(VARIABLES);
         mqtt_core::settings::warn_unknown_variables(&env, &["MQTT_", "DEVICE_SIM_"], &known);
         if env.get("MQTT_CLIENT_ID").is_some() {
             tracing::warn!(target: LOG_TARGET, "MQTT_CLIENT_ID is ignored by device-sim: each device connects with its device id as client id");
         }
         Settings::from_env(&env)
+    }
+
+    /// The metrics endpoint's address: the flag, else `DEVICE_SIM_METRICS_ADDR`; an
+    /// empty value is off.
+    pub fn metrics_addr(&self) -> Result<Option<String>, SettingsError> {
+        let flag = self.metrics_addr.clone();
+        let addr = match flag {
+            Some(a) => Some(a),
+            None => self
+                .connection
+                .env()?
+                .get("DEVICE_SIM_METRICS_ADDR")
+                .map(str::to_string),
+        };
+        Ok(addr.filter(|a| !a.trim().is_empty()))
     }
 
     /// What the fleet is asked to do; without `--seed`, a random one.
@@ -149,7 +174,7 @@ mod tests {
     #[test]
     fn help_lists_every_variable_the_exit_codes_and_rust_log() {
         let help = Cli::command().render_help().to_string();
-        for var in mqtt_core::settings::VARIABLES {
+        for var in mqtt_core::settings::VARIABLES.iter().chain(VARIABLES) {
             assert!(help.contains(var), "{var} missing from --help:\n{help}");
         }
         for needle in ["RUST_LOG", "Exit codes", "3  permanent"] {

@@ -113,9 +113,12 @@ pub fn device_ids(prefix: &str, count: u32) -> Result<Vec<Arc<str>>, FleetError>
 }
 
 /// Runs the fleet until it is done, stopped or failed; returns the final counters.
+/// With `endpoint` (a bound `--metrics-addr`), serves the metrics and readiness
+/// (at least one device connected) there until the run ends.
 pub async fn run(
     settings: Settings,
     cfg: FleetConfig,
+    endpoint: Option<std::net::TcpListener>,
     cancel: CancellationToken,
 ) -> Result<Snapshot, FleetError> {
     let ids = device_ids(&cfg.id_prefix, cfg.count)?;
@@ -135,6 +138,22 @@ pub async fn run(
     stats.devices.store(ids.len() as u64, Relaxed);
     let leftovers: u64 = starts.iter().map(|s| s.queued).sum();
     stats.queued.store(leftovers as i64, Relaxed);
+    if let Some(listener) = endpoint {
+        let s = stats.clone();
+        let ready: mqtt_core::metrics_server::Readiness = Arc::new(move || {
+            if s.connected.load(Relaxed) > 0 {
+                Ok(())
+            } else {
+                Err("no device is connected to the broker".to_string())
+            }
+        });
+        tokio::spawn(mqtt_core::metrics_server::serve(
+            listener,
+            Arc::new(status::registry(&stats)),
+            ready,
+            stop.clone(),
+        ));
+    }
     if leftovers > 0 {
         info!(
             "the queue {} holds {leftovers} undelivered messages of an earlier run; they go first",
@@ -252,6 +271,9 @@ struct Device {
     outbox: Outbox,
     connected: bool,
     ever_connected: bool,
+    /// When each message in flight was published, oldest first, for the
+    /// publish-to-ack histogram.
+    sent_at: std::collections::VecDeque<(u64, Instant)>,
 }
 
 impl Device {
@@ -278,6 +300,7 @@ impl Device {
             ),
             connected: false,
             ever_connected: false,
+            sent_at: std::collections::VecDeque::new(),
             id,
         }
     }
@@ -373,6 +396,8 @@ impl Device {
                     ctx.stats.connected.fetch_sub(1, Relaxed);
                 }
                 self.outbox.disconnected();
+                // Resent after the reconnect: timed from the resend.
+                self.sent_at.clear();
                 drop(resume);
             }
             ConnectionEvent::Sent(pkid) => {
@@ -395,6 +420,14 @@ impl Device {
 
     fn acked(&mut self, ctx: &Ctx, pkid: u16) {
         if let Some(seq) = self.outbox.acked(pkid) {
+            if let Some(i) = self.sent_at.iter().position(|(s, _)| *s == seq) {
+                let at = self.sent_at[i].1;
+                ctx.stats
+                    .publish_to_ack
+                    .0
+                    .observe(at.elapsed().as_secs_f64());
+                self.sent_at.retain(|(s, _)| *s != seq);
+            }
             ctx.queue.delete(self.idx, seq);
             ctx.stats.acked.fetch_add(1, Relaxed);
             ctx.stats.queued.fetch_sub(1, Relaxed);
@@ -482,6 +515,11 @@ impl Device {
                 break;
             }
             self.outbox.requested(seq, topic);
+            // Bounded by the window, and kept so even if an ack never matches.
+            if self.sent_at.len() >= 4 * ctx.cfg.window as usize + 8 {
+                self.sent_at.pop_front();
+            }
+            self.sent_at.push_back((seq, Instant::now()));
         }
     }
 

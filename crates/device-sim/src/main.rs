@@ -20,6 +20,24 @@ fn run(cli: Cli) -> i32 {
             return exit::CONFIG;
         }
     };
+    // Bound before the runtime starts: an address that cannot be bound is a bad flag.
+    let endpoint = match cli.metrics_addr() {
+        Ok(None) => None,
+        Ok(Some(addr)) => {
+            match mqtt_core::metrics_server::bind(&addr, "--metrics-addr (DEVICE_SIM_METRICS_ADDR)")
+            {
+                Ok(listener) => Some(listener),
+                Err(e) => {
+                    tracing::error!("{e}");
+                    return exit::CONFIG;
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            return exit::CONFIG;
+        }
+    };
     let config = cli.fleet_config();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -31,7 +49,7 @@ fn run(cli: Cli) -> i32 {
     let outcome = runtime.block_on(async {
         let cancel = CancellationToken::new();
         tokio::spawn(shutdown::cancel_on_signals(cancel.clone()));
-        fleet::run(settings, config, cancel).await
+        fleet::run(settings, config, endpoint, cancel).await
     });
     // Connection tasks that are still closing must not hold the exit.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));

@@ -1,6 +1,12 @@
 //! What the operator sees: fleet-wide counters, a status line every few seconds
 //! (a live line on a terminal, plain log lines otherwise) and the summary at the end.
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
@@ -32,6 +38,86 @@ pub struct Stats {
     pub skipped: AtomicU64,
     /// Failed connection attempts since the last status line, reported together.
     pub failures: Failures,
+    /// From a publish to its acknowledgement.
+    pub publish_to_ack: AckLatency,
+}
+
+/// The `device_sim_publish_to_ack_seconds` histogram.
+#[derive(Debug, Clone)]
+pub struct AckLatency(pub Histogram);
+
+impl Default for AckLatency {
+    fn default() -> Self {
+        // 1 ms .. ~33 s: a local broker answers in a millisecond, one under load or
+        // behind a slow link in seconds.
+        AckLatency(Histogram::new(exponential_buckets(0.001, 2.0, 16)))
+    }
+}
+
+/// The fleet's Prometheus metrics (contract section 8): the [`Stats`] counters,
+/// read at each scrape, and the publish-to-ack histogram.
+pub fn registry(stats: &std::sync::Arc<Stats>) -> Registry {
+    let mut r = Registry::default();
+    r.register(
+        "device_sim_publish_to_ack_seconds",
+        "From a publish to the broker's acknowledgement",
+        stats.publish_to_ack.0.clone(),
+    );
+    r.register_collector(Box::new(StatsCollector(stats.clone())));
+    r
+}
+
+/// Reads [`Stats`] at scrape time: the devices keep bumping plain atomics.
+#[derive(Debug)]
+struct StatsCollector(std::sync::Arc<Stats>);
+
+impl Collector for StatsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = self.0.snapshot();
+        let gauges = [
+            (
+                "device_sim_devices_connected",
+                "Devices connected to the broker now",
+                s.connected,
+            ),
+            (
+                "device_sim_queue_depth",
+                "Messages in the offline queue now (leftovers of earlier runs included)",
+                s.queued,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let g = ConstGauge::new(value);
+            g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
+        }
+        let counters = [
+            (
+                "device_sim_messages_generated",
+                "Messages generated in this run",
+                s.generated,
+            ),
+            (
+                "device_sim_messages_acked",
+                "Messages acknowledged by the broker and removed from the queue",
+                s.acked,
+            ),
+            (
+                "device_sim_messages_evicted",
+                "Messages dropped from the queue by --queue-limit",
+                s.evicted,
+            ),
+            (
+                "device_sim_reconnects",
+                "Connections re-established after a loss",
+                s.reconnects,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let c = ConstCounter::new(value);
+            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
+        Ok(())
+    }
 }
 
 /// Failed connection attempts, grouped by reason: with many devices and no broker,
@@ -198,6 +284,31 @@ pub async fn report(stats: std::sync::Arc<Stats>, every: Duration, done: Cancell
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_registry_shows_every_counter_under_its_contract_name() {
+        let stats = std::sync::Arc::new(Stats::default());
+        stats.connected.store(2, Relaxed);
+        stats.generated.store(10, Relaxed);
+        stats.acked.store(9, Relaxed);
+        stats.evicted.store(1, Relaxed);
+        stats.queued.store(3, Relaxed);
+        stats.reconnects.store(4, Relaxed);
+        stats.publish_to_ack.0.observe(0.004);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry(&stats)).unwrap();
+        for line in [
+            "device_sim_devices_connected 2",
+            "device_sim_messages_generated_total 10",
+            "device_sim_messages_acked_total 9",
+            "device_sim_messages_evicted_total 1",
+            "device_sim_queue_depth 3",
+            "device_sim_reconnects_total 4",
+            "device_sim_publish_to_ack_seconds_count 1",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
+    }
 
     #[test]
     fn failures_make_one_line_per_interval() {
