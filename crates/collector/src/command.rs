@@ -164,6 +164,8 @@ pub fn prepare_run(args: RunArgs) -> Result<RunPlan, CommandError> {
     };
     if let Some(url) = choice.postgres.clone() {
         let id = client_id.clone();
+        // A malformed URL is a bad argument (exit 2), not a refusing server.
+        store::postgres::PostgresUrl::parse(&url).map_err(config)?;
         let pg = Lazy::new("PostgreSQL", move || PostgresStore::connect(&url, &id))
             .map_err(store_refused)?;
         stores.push(retrying(Box::new(pg), "PostgreSQL", "postgresql"));
@@ -241,13 +243,16 @@ pub fn stats(args: &StatsArgs) -> Result<String, CommandError> {
             .flatten()
     });
     let stats = match postgres {
-        Some(url) => store::postgres::stats::read(&url).map_err(|e| {
-            if e.is_refusal() {
-                CommandError::StoreRefused(e.to_string())
-            } else {
-                CommandError::Failure(e.to_string())
-            }
-        })?,
+        Some(url) => {
+            store::postgres::PostgresUrl::parse(&url).map_err(config)?;
+            store::postgres::stats::read(&url).map_err(|e| {
+                if e.is_refusal() {
+                    CommandError::StoreRefused(e.to_string())
+                } else {
+                    CommandError::Failure(e.to_string())
+                }
+            })?
+        }
         None => {
             let path = cli::db_path(args.db.as_ref(), &env);
             let conn = store::open_read_only(&path).map_err(config)?;
@@ -325,6 +330,24 @@ mod tests {
         let mut argv = vec!["collector"];
         argv.extend_from_slice(extra);
         crate::cli::Cli::try_parse_from(argv).unwrap().run
+    }
+
+    #[test]
+    fn a_malformed_store_configuration_is_a_configuration_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = dir.path().join("empty.env");
+        std::fs::write(&env, "").unwrap();
+        let env = env.to_str().unwrap();
+        for args in [
+            &["--postgres", "mysql://nope"][..],
+            &["--influx", "http://127.0.0.1:1"],
+            &["--influx-db", "x"],
+        ] {
+            let mut all = vec!["--env-file", env];
+            all.extend_from_slice(args);
+            let err = prepare_run(run_args(&all)).err().unwrap();
+            assert_eq!(err.exit_code(), exit::CONFIG, "{args:?}: {err}");
+        }
     }
 
     #[test]
