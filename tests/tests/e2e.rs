@@ -13,6 +13,7 @@ mod faults;
 mod first_run;
 mod harness;
 mod kit;
+mod metrics;
 mod security;
 mod stores;
 mod tls_guide;

@@ -15,6 +15,7 @@
 //!   demand; one on tokio, one on a plain thread.
 //! - [`influx`]: a real influxd 1.x ([`InfluxDb`]) and a real VictoriaMetrics
 //!   ([`VictoriaMetrics`]) for the InfluxDB store's tests.
+//! - [`prometheus`]: a real Prometheus scraping given targets, and `promtool check metrics`.
 //! - [`error`]: why a broker or the certificates could not be set up.
 //!
 //! Test code calls the panicking functions ([`Broker::start`], [`Pki::new`]): a test
@@ -32,6 +33,7 @@ pub mod influx;
 pub mod pki;
 pub mod postgres;
 pub mod process;
+pub mod prometheus;
 
 pub use broker::Broker;
 pub use config::BrokerConfig;
