@@ -7,13 +7,15 @@
 //! - [`command`] wires the commands from parsed arguments and gives every failure
 //!   its exit code;
 //! - [`ingest`] is the run loop: connection events in, validated batches to the
-//!   store, acknowledgements out after each commit;
+//!   store, acknowledgements out after each commit; its `metrics` module holds the
+//!   Prometheus metrics it counts per batch;
 //! - [`validate`] turns one message into a telemetry row or a rejection;
 //! - [`store`] is the storage boundary, its SQLite backend, and the thread it runs on;
-//! - [`ready`] keeps the readiness file while the subscriptions are confirmed;
+//! - [`ready`] is the readiness condition, read by the readiness file and `/readyz`;
 //! - [`shutdown`] turns SIGINT and SIGTERM into cancellation;
 //! - [`stats`] summarises a database (`collector stats`);
-//! - [`certgen`] writes development certificates (`collector certgen`).
+//! - [`certgen`] writes development certificates (`collector certgen`);
+//! - [`command`] also holds `collector probe`, the healthcheck client for `/readyz`.
 #![deny(missing_docs)]
 
 pub mod certgen;

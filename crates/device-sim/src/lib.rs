@@ -10,7 +10,8 @@
 //! - [`vehicle`] is the seeded model behind each reading;
 //! - [`queue`] is the offline queue file and the one thread that writes it;
 //! - [`outbox`] is one device's view of its queued messages and packet ids;
-//! - [`status`] holds the fleet's counters, the status line and the summary;
+//! - [`status`] holds the fleet's counters, their Prometheus registry, the status
+//!   line and the summary;
 //! - [`shutdown`] turns SIGINT and SIGTERM into cancellation.
 #![deny(missing_docs)]
 
