@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// Subscribes to device telemetry over MQTT (QoS 1 by default, persistent session),
-/// validates every message, stores it in SQLite and acknowledges it only once it is
-/// committed.
+/// validates every message, stores it (SQLite, PostgreSQL, InfluxDB) and acknowledges
+/// it only once every store has committed it.
 ///
 /// Connection settings come from MQTT_* variables (process environment over ./.env),
 /// listed below; docs/reference.md describes each, env.example shows a working file.
@@ -242,6 +242,7 @@ pub const VARIABLES: &[&str] = &[
     "INFLUXDB_ORG",
     "INFLUXDB_TOKEN",
     "INFLUXDB_COLLECTOR_TAG",
+    "INFLUXDB_CA_CERTS",
 ];
 
 /// The end of `--help`: every variable, the exit codes, logging.
@@ -286,6 +287,10 @@ pub fn after_help() -> String {
         (
             "INFLUXDB_COLLECTOR_TAG",
             "value of the collector tag [the client id]",
+        ),
+        (
+            "INFLUXDB_CA_CERTS",
+            "PEM file of the CA of an https InfluxDB [system roots]",
         ),
     ])
 }

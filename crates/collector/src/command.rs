@@ -192,7 +192,9 @@ pub fn prepare_run(args: RunArgs) -> Result<RunPlan, CommandError> {
             influx::InfluxConfig::new(url, target, tag.unwrap_or_else(|| client_id.clone()));
         cfg.measurement = measurement;
         names.push(format!("InfluxDB {}", cfg.url));
-        let store = influx::InfluxStore::new(cfg).map_err(store_refused)?;
+        cfg.ca_file = env.get("INFLUXDB_CA_CERTS").map(std::path::PathBuf::from);
+        // new() sends nothing: whatever it refuses is the configuration (exit 2).
+        let store = influx::InfluxStore::new(cfg).map_err(config)?;
         stores.push(retrying(Box::new(store), "InfluxDB", "influxdb"));
     }
     let store: Box<dyn Store> = if stores.len() == 1 {

@@ -67,7 +67,8 @@ pub fn after_help(extra: &[(&str, &str)]) -> String {
     }
     out.push_str(
         "\nExit codes:\n  0  success\n  1  unexpected failure\n  2  invalid configuration or arguments\n  \
-         3  permanent failure of the broker connection (credentials, authorisation, certificates)\n\
+         3  permanent failure of the broker connection or of a store (credentials, authorisation,\n     \
+         certificates, a missing database)\n\
          \nLogging: RUST_LOG sets the level (error, warn, info, debug, trace) [info], \
          e.g. RUST_LOG=debug or RUST_LOG=mqtt_core=debug.\nReference: docs/reference.md",
     );
