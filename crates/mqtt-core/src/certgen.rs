@@ -55,9 +55,9 @@ pub struct Issued {
 /// When a certificate is valid.
 #[derive(Debug, Clone, Copy)]
 pub struct Validity {
-    /// Start.
+    /// The first instant it is valid (set in the past to make one "not valid yet" for tests).
     pub not_before: OffsetDateTime,
-    /// End.
+    /// The last instant it is valid.
     pub not_after: OffsetDateTime,
 }
 

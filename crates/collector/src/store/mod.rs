@@ -74,22 +74,17 @@ pub struct WriteOutcome {
 }
 
 /// Why the store cannot be opened or written. Each message names the file and a fix.
+// The #[error] text of each variant says what every field holds.
+#[allow(missing_docs)]
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database cannot be opened or prepared.
     #[error("cannot open the database {path}: {reason}")]
-    Open {
-        /// The file.
-        path: PathBuf,
-        /// Why, with a fix.
-        reason: String,
-    },
+    Open { path: PathBuf, reason: String },
     /// A transaction failed: nothing of the batch is stored.
     #[error("cannot write to the database {path}: {source}; check free disk space and that the file and its directory are writable")]
     Write {
-        /// The file.
         path: PathBuf,
-        /// What SQLite said.
         source: rusqlite::Error,
     },
     /// The store thread has ended (it panicked or was shut down).
@@ -99,21 +94,11 @@ pub enum StoreError {
     /// error: nothing of the batch is stored, and the same batch is tried again
     /// with backoff (the collector keeps running and acknowledges nothing meanwhile).
     #[error("{store}: {reason}")]
-    Unavailable {
-        /// Which store: "PostgreSQL", "InfluxDB".
-        store: &'static str,
-        /// What happened, in plain words.
-        reason: String,
-    },
+    Unavailable { store: &'static str, reason: String },
     /// A database server refused for a reason retrying cannot fix (authentication,
     /// a missing database or bucket, a refused TLS certificate): exit code 3.
     #[error("{store}: {reason}")]
-    Refused {
-        /// Which store.
-        store: &'static str,
-        /// What happened and what to fix.
-        reason: String,
-    },
+    Refused { store: &'static str, reason: String },
     /// The collector is stopping while a store was being retried.
     #[error("stopped while waiting for a store to come back; what was not stored was not acknowledged and stays with the broker")]
     Stopped,
