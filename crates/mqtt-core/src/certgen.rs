@@ -55,7 +55,7 @@ pub struct Issued {
 /// When a certificate is valid.
 #[derive(Debug, Clone, Copy)]
 pub struct Validity {
-    /// The first instant it is valid (set in the past to make one "not valid yet" for tests).
+    /// The first instant it is valid (tests set it in the future for a "not valid yet" certificate).
     pub not_before: OffsetDateTime,
     /// The last instant it is valid.
     pub not_after: OffsetDateTime,
