@@ -40,6 +40,8 @@ pub enum Command {
     Certgen(crate::certgen::CertgenArgs),
     /// GET a URL (e.g. http://127.0.0.1:9464/readyz) and print the answer; exit 0 on 200, else 1: a container healthcheck without curl
     Probe(ProbeArgs),
+    /// Retire a member of a share group for good: unsubscribe, store and acknowledge what the broker still holds for its client id, then end its session. Takes the same flags and variables as the collector itself
+    Drain(Box<RunArgs>),
 }
 
 /// Arguments of `collector probe`.
@@ -89,6 +91,12 @@ pub struct RunArgs {
     /// The stores besides SQLite.
     #[command(flatten)]
     pub stores: StoreArgs,
+    /// Share the work with the other collectors of this group: every topic filter is subscribed as $share/NAME/FILTER, so the broker gives each message to one member; every member needs its own stable MQTT_CLIENT_ID (default mqtt-collector-HOSTNAME) and a store they all share (--postgres or --influx) [env: COLLECTOR_SHARE_GROUP]
+    #[arg(long, value_name = "NAME")]
+    pub share_group: Option<String>,
+    /// Allow a share group with only a local SQLite file (each member then keeps just its share, and a reading redelivered to another member is stored there again)
+    #[arg(long)]
+    pub allow_local_store: bool,
 }
 
 /// Stores beside (or instead of) SQLite; a message is acknowledged only once every
@@ -243,6 +251,7 @@ pub const VARIABLES: &[&str] = &[
     "INFLUXDB_TOKEN",
     "INFLUXDB_COLLECTOR_TAG",
     "INFLUXDB_CA_CERTS",
+    "COLLECTOR_SHARE_GROUP",
 ];
 
 /// The end of `--help`: every variable, the exit codes, logging.
@@ -291,6 +300,10 @@ pub fn after_help() -> String {
         (
             "INFLUXDB_CA_CERTS",
             "PEM file of the CA of an https InfluxDB [system roots]",
+        ),
+        (
+            "COLLECTOR_SHARE_GROUP",
+            "shared-subscription group (--share-group wins) [none]",
         ),
     ])
 }
@@ -529,5 +542,62 @@ mod tests {
         ));
         let cli = Cli::try_parse_from(["collector", "certgen", "--out", "/tmp/x"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Certgen(_))));
+    }
+}
+
+/// The shared-subscription group: the flag, else `COLLECTOR_SHARE_GROUP`; a name the
+/// broker cannot take is refused.
+pub fn share_group(flag: Option<&String>, env: &Env) -> Result<Option<String>, String> {
+    let Some(name) = flag
+        .cloned()
+        .or_else(|| env.get("COLLECTOR_SHARE_GROUP").map(str::to_string))
+    else {
+        return Ok(None);
+    };
+    if name.is_empty()
+        || name.contains(['/', '+', '#'])
+        || name.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "--share-group (COLLECTOR_SHARE_GROUP) {name:?} is not a share name: use letters, digits, '-', '_' or '.' (no '/', '+', '#' or spaces)"
+        ));
+    }
+    Ok(Some(name))
+}
+
+/// Each filter as the member of `group` subscribes to it.
+pub fn shared_filters(group: &str, topics: &[String]) -> Vec<String> {
+    topics
+        .iter()
+        .map(|t| format!("$share/{group}/{t}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod share_tests {
+    use super::*;
+
+    #[test]
+    fn share_groups_are_named_and_filters_prefixed() {
+        let env = Env::from_pairs([("COLLECTOR_SHARE_GROUP", "collectors")]);
+        assert_eq!(
+            share_group(None, &env).unwrap().as_deref(),
+            Some("collectors")
+        );
+        assert_eq!(
+            share_group(Some(&"g1".to_string()), &env)
+                .unwrap()
+                .as_deref(),
+            Some("g1")
+        );
+        assert_eq!(share_group(None, &Env::default()).unwrap(), None);
+        for bad in ["a/b", "a+", "#", "a b"] {
+            let err = share_group(Some(&bad.to_string()), &Env::default()).unwrap_err();
+            assert!(err.contains("--share-group"), "{err}");
+        }
+        assert_eq!(
+            shared_filters("g", &["device/data/+".into(), "vehicle/speed/+".into()]),
+            ["$share/g/device/data/+", "$share/g/vehicle/speed/+"]
+        );
     }
 }

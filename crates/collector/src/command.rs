@@ -117,11 +117,30 @@ pub fn prepare_run(args: RunArgs) -> Result<RunPlan, CommandError> {
     );
     let settings = Settings::from_env(&env).map_err(config)?;
     let topics = cli::topics(&args.topics, &env).map_err(config)?;
-    let client_id = settings
-        .client_id
-        .clone()
-        .unwrap_or_else(|| "mqtt-collector".to_string());
+    let group = cli::share_group(args.share_group.as_ref(), &env).map_err(config)?;
+    let topics = match &group {
+        Some(g) => cli::shared_filters(g, &topics),
+        None => topics,
+    };
+    // Members of a group must never share a client id: each would kick the other
+    // off, and the broker keeps one session per id.
+    let client_id = settings.client_id.clone().unwrap_or_else(|| match &group {
+        Some(_) => format!("mqtt-collector-{}", hostname()),
+        None => "mqtt-collector".to_string(),
+    });
     let choice = cli::stores(&args.stores, args.db.as_ref(), &env).map_err(config)?;
+    if group.is_some()
+        && choice.postgres.is_none()
+        && choice.influx.is_none()
+        && !args.allow_local_store
+    {
+        return Err(CommandError::Config(
+            "--share-group with only a local SQLite file: each member would keep just its share, and a reading \
+             the broker redelivers to another member would be stored twice; give the group a store all members \
+             share (--postgres or --influx), or pass --allow-local-store"
+                .into(),
+        ));
+    }
     let sync = match args.sync {
         SyncArg::Normal => SyncMode::Normal,
         SyncArg::Full => SyncMode::Full,
@@ -212,6 +231,7 @@ pub fn prepare_run(args: RunArgs) -> Result<RunPlan, CommandError> {
         ready_file: cli::ready_file(args.ready_file.as_ref(), &env),
         ready_state: ReadyState::new(health),
         metrics: metrics.clone(),
+        drain: None,
     };
     let mut endpoint = endpoint;
     if let Some(e) = endpoint.as_mut() {
@@ -225,6 +245,36 @@ pub fn prepare_run(args: RunArgs) -> Result<RunPlan, CommandError> {
         cancel,
         endpoint,
     })
+}
+
+/// `collector drain`: the plan of the collector itself, ending once what the broker
+/// holds for this client id is stored and acknowledged, then ending its session.
+pub fn prepare_drain(args: RunArgs) -> Result<RunPlan, CommandError> {
+    let mut plan = prepare_run(args)?;
+    plan.cfg.drain = Some(DRAIN_QUIET);
+    // A member being retired is never ready for devices.
+    plan.cfg.ready_file = None;
+    Ok(plan)
+}
+
+/// How long nothing may arrive before the session counts as drained: the broker
+/// sends a session's backlog right after the CONNACK, limited only by its in-flight window.
+const DRAIN_QUIET: Duration = Duration::from_secs(3);
+
+/// This machine's name, for a client id that differs between hosts.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| {
+            h.trim()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                .collect::<String>()
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown-host".to_string())
 }
 
 /// A store that refuses at start: exit 3 when retrying cannot help, else 2.
@@ -332,6 +382,44 @@ mod tests {
         let mut argv = vec!["collector"];
         argv.extend_from_slice(extra);
         crate::cli::Cli::try_parse_from(argv).unwrap().run
+    }
+
+    #[test]
+    fn a_share_group_needs_a_shared_store_and_gets_a_per_host_client_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = dir.path().join("empty.env");
+        std::fs::write(&env, "").unwrap();
+        let env = env.to_str().unwrap();
+        let db = dir.path().join("c.db");
+        let db = db.to_str().unwrap();
+        let err = prepare_run(run_args(&[
+            "--env-file",
+            env,
+            "--share-group",
+            "g",
+            "--db",
+            db,
+        ]))
+        .err()
+        .unwrap();
+        assert_eq!(err.exit_code(), exit::CONFIG, "{err}");
+        assert!(err.to_string().contains("--allow-local-store"), "{err}");
+        let plan = prepare_run(run_args(&[
+            "--env-file",
+            env,
+            "--share-group",
+            "g",
+            "--db",
+            db,
+            "--allow-local-store",
+        ]))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            plan.cfg.topics,
+            ["$share/g/device/data/+", "$share/g/vehicle/speed/+"]
+        );
+        assert_eq!(plan.cfg.client_id, format!("mqtt-collector-{}", hostname()));
+        assert_ne!(hostname(), "");
     }
 
     #[test]

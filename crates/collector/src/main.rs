@@ -3,7 +3,7 @@
 //! the library.
 
 use clap::Parser;
-use collector::cli::{Cli, Command, RunArgs};
+use collector::cli::{Cli, Command};
 use collector::command::{self, CommandError};
 use collector::{ingest, shutdown};
 use mqtt_core::exit;
@@ -27,7 +27,8 @@ fn main() -> ExitCode {
         Some(Command::Stats(args)) => command::stats(&args).map(|report| print!("{report}")),
         Some(Command::Certgen(args)) => command::certgen(&args),
         Some(Command::Probe(args)) => command::probe(&args).map(|body| print!("{body}")),
-        None => run(cli.run),
+        Some(Command::Drain(args)) => command::prepare_drain(*args).and_then(run),
+        None => command::prepare_run(cli.run).and_then(run),
     };
     match outcome {
         Ok(()) => code(exit::OK),
@@ -42,8 +43,7 @@ fn code(c: i32) -> ExitCode {
     ExitCode::from(c as u8)
 }
 
-fn run(args: RunArgs) -> Result<(), CommandError> {
-    let plan = command::prepare_run(args)?;
+fn run(plan: command::RunPlan) -> Result<(), CommandError> {
     info!(stores = %plan.stores, "stores open");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -60,6 +60,10 @@ pub struct IngestConfig {
     pub ready_state: ReadyState,
     /// Where the loop counts (registered by the caller when it serves them).
     pub metrics: Metrics,
+    /// `collector drain`: unsubscribe instead of subscribing, stop once nothing has
+    /// arrived for this long with everything committed and acknowledged, then end
+    /// the session.
+    pub drain: Option<Duration>,
 }
 
 /// Why the run loop ended with a failure.
@@ -146,7 +150,12 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<(), IngestError> {
     let opts = ConnectionOptions {
-        subscriptions: cfg.topics.clone(),
+        // A member being drained must not take new messages of its group.
+        subscriptions: if cfg.drain.is_some() {
+            Vec::new()
+        } else {
+            cfg.topics.clone()
+        },
         manual_acks: true,
         // A packet id is unique among the broker's unacknowledged messages, so at
         // most 65535 acknowledgements can ever be queued: the queue never blocks us
@@ -175,7 +184,18 @@ pub async fn run(
                     .display()
             ))
         })?;
+    let drain = cfg.drain.is_some();
+    let (client_id, topics) = (cfg.client_id.clone(), cfg.topics.clone());
     let mut conn = spawn_connection(settings, opts, cancel.clone());
+    if drain {
+        // Queued now, written right after the CONNACK: from then on the group's
+        // messages go to the other members, and only what the session holds comes here.
+        for t in &topics {
+            if let Err(e) = conn.client.try_unsubscribe(t.clone()) {
+                warn!("cannot queue the unsubscribe from {t}: {e}");
+            }
+        }
+    }
     let mut ingest = Ingest::new(cfg, ready, conn.client.clone(), store);
     let outcome = ingest.consume(&mut conn.events, &cancel).await;
 
@@ -190,7 +210,46 @@ pub async fn run(
         }
     }
     drop(ingest);
+    if drain && outcome.is_ok() {
+        end_session(settings, &client_id).await;
+    }
     outcome
+}
+
+/// Connects once more with a clean session and leaves: the broker drops the session
+/// it kept for `client_id`, so nothing is queued for a member that is gone for good.
+async fn end_session(settings: &Settings, client_id: &str) {
+    let mut clean = settings.clone();
+    clean.clean_session = true;
+    let cancel = CancellationToken::new();
+    let mut conn = spawn_connection(&clean, ConnectionOptions::new(client_id), cancel.clone());
+    let connected = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(ev) = conn.events.recv().await {
+            match ev {
+                ConnectionEvent::Connected { .. } => return true,
+                ConnectionEvent::Failed(f) => {
+                    warn!("{f}");
+                    return false;
+                }
+                _ => {}
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    if connected {
+        let _ = conn.client.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut conn.task).await;
+        info!(
+            client_id,
+            "drained: the broker no longer keeps a session for this client id"
+        );
+    } else {
+        warn!(client_id, "drained, but the clean reconnect that ends the session failed; run `collector drain` again");
+    }
+    cancel.cancel();
+    conn.task.abort();
 }
 
 /// The loop itself, without the connection: it reads [`ConnectionEvent`]s, commits
@@ -209,6 +268,10 @@ pub struct Ingest<A: Acker> {
     interval_start: Instant,
     idle_logged: bool,
     ever_connected: bool,
+    /// Connected now (for the drain's quiet period).
+    connected: bool,
+    /// When the last message (or the CONNACK) arrived.
+    last_activity: Instant,
 }
 
 impl<A: Acker> Ingest<A> {
@@ -226,6 +289,8 @@ impl<A: Acker> Ingest<A> {
             interval_start: Instant::now(),
             idle_logged: false,
             ever_connected: false,
+            connected: false,
+            last_activity: Instant::now(),
         }
     }
 
@@ -274,6 +339,14 @@ impl<A: Acker> Ingest<A> {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return Ok(()),
+                // Draining: the session's backlog has stopped coming and all of it is committed.
+                _ = tokio::time::sleep_until(self.last_activity + self.cfg.drain.unwrap_or_default()),
+                    if self.cfg.drain.is_some() && self.connected && self.in_flight.is_none() && self.open.is_empty() => {
+                    if self.last_activity.elapsed() >= self.cfg.drain.unwrap_or_default() {
+                        info!("nothing more arrived for {:?}: the session is drained", self.cfg.drain.unwrap_or_default());
+                        return Ok(());
+                    }
+                }
                 result = async { (&mut self.in_flight.as_mut().expect("guarded").result).await }, if self.in_flight.is_some() => {
                     let done = self.in_flight.take().expect("guarded");
                     self.finish(done, result, true).await?;
@@ -314,17 +387,28 @@ impl<A: Acker> Ingest<A> {
 
     fn on_event(&mut self, event: ConnectionEvent) -> Result<(), IngestError> {
         match event {
-            ConnectionEvent::Message(p) => self.on_message(p),
+            ConnectionEvent::Message(p) => {
+                self.last_activity = Instant::now();
+                self.on_message(p)
+            }
             ConnectionEvent::Connected { session_present } => {
+                self.connected = true;
+                self.last_activity = Instant::now();
+                if self.cfg.drain.is_some() && !session_present {
+                    warn!(
+                        "the broker holds no session for this client id: there is nothing to drain"
+                    );
+                }
                 self.ready.connected();
                 self.cfg.metrics.connected(true, self.ever_connected);
                 self.ever_connected = true;
-                if !session_present {
+                if !session_present && self.cfg.drain.is_none() {
                     info!("the broker holds no session for this client id yet: subscribing");
                 }
             }
             ConnectionEvent::Subscribed => self.ready.set(true),
             ConnectionEvent::Disconnected { reason, resume } => {
+                self.connected = false;
                 self.ready.set(false);
                 self.cfg.metrics.connected(false, false);
                 self.epoch += 1;

@@ -175,6 +175,7 @@ fn config(batch_size: usize) -> IngestConfig {
         ready_file: None,
         ready_state: crate::ready::ReadyState::default(),
         metrics: super::Metrics::default(),
+        drain: None,
     }
 }
 
