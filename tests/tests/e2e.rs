@@ -14,6 +14,7 @@ mod first_run;
 mod harness;
 mod kit;
 mod metrics;
+mod scale_out;
 mod security;
 mod stores;
 mod tls_guide;
