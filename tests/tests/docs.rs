@@ -4,7 +4,7 @@
 //! dependencies). The env examples and the troubleshooting table have files of
 //! their own (env_examples.rs, troubleshooting.rs).
 
-use crate::kit::{repo, section, text, tracked_files, vars_read_by, words};
+use crate::kit::{repo, section, text, tracked_files, vars_read_by, without_test_items, words};
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
@@ -236,6 +236,7 @@ fn reference_names_every_variable_flag_table_and_column() {
         ("collector", &[][..]),
         ("collector", &["stats"][..]),
         ("collector", &["certgen"][..]),
+        ("collector", &["probe"][..]),
         ("device-sim", &[][..]),
     ] {
         let dir = tempfile::tempdir().unwrap();
@@ -472,5 +473,31 @@ fn readme_has_prerequisites_data_export_docker_and_dependencies() {
     assert!(
         comment.contains("rustls-pemfile") && words(&comment).contains(advisory),
         "the root Cargo.toml has no comment above rustls-pki-types saying why: {comment:?}"
+    );
+}
+
+#[test]
+fn the_docs_scan_leaves_out_test_items_only() {
+    let src = r##"
+fn before() { get("A_VAR"); }
+#[cfg(test)]
+mod tests {
+    fn t() { let c = '}'; let s = "}{"; let r = r#"{"x": "}"}"#; get("TEST_VAR"); }
+    // a comment with a brace }
+}
+#[cfg(test)]
+mod props;
+#[cfg(test)]
+use std::{fmt, io};
+fn after<'a>(x: &'a str) { get("LATER_VAR"); }
+"##;
+    let kept = without_test_items(src);
+    assert!(
+        kept.contains("A_VAR") && kept.contains("LATER_VAR"),
+        "{kept}"
+    );
+    assert!(
+        !kept.contains("TEST_VAR") && !kept.contains("props") && !kept.contains("fmt"),
+        "{kept}"
     );
 }

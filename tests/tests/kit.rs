@@ -60,7 +60,8 @@ pub fn mosquitto_pub(args: &[&str]) -> Output {
 
 /// Variables the sources of `crate_dir` read: a whole string literal of an
 /// upper-case name right after `get(`, `bool(`, `parse(`, `parse::<T>(`,
-/// `seconds(env, `, `var(`, `var_os(` or clap's `env = `. Test modules are left out.
+/// `seconds(env, `, `var(`, `var_os(` or clap's `env = `. Test items are left out
+/// (see [`without_test_items`]).
 pub fn vars_read_by(crate_dir: &Path) -> BTreeSet<String> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         for e in std::fs::read_dir(dir).unwrap() {
@@ -76,8 +77,8 @@ pub fn vars_read_by(crate_dir: &Path) -> BTreeSet<String> {
     walk(&crate_dir.join("src"), &mut files);
     let mut vars = BTreeSet::new();
     for f in files {
-        let src = std::fs::read_to_string(&f).unwrap();
-        let src = src.split("#[cfg(test)]").next().unwrap();
+        let src = without_test_items(&std::fs::read_to_string(&f).unwrap());
+        let src = src.as_str();
         let mut rest = src;
         while let Some(i) = rest.find('"') {
             let after = &rest[i + 1..];
@@ -118,6 +119,65 @@ pub fn vars_read_by(crate_dir: &Path) -> BTreeSet<String> {
     vars
 }
 
+/// Rust source without its `#[cfg(test)]` items: each attribute and the item it
+/// marks (`mod tests { … }`, `mod props;`, a test-only `fn` or `use`), found by
+/// matching braces outside string and character literals and comments. Code after
+/// a test module stays: a function placed below `mod tests` is still read.
+pub fn without_test_items(src: &str) -> String {
+    const ATTR: &str = "#[cfg(test)]";
+    let mut out = String::with_capacity(src.len());
+    let mut rest = src;
+    while let Some(i) = rest.find(ATTR) {
+        out.push_str(&rest[..i]);
+        let item = &rest[i + ATTR.len()..];
+        let b = item.as_bytes();
+        let (mut j, mut depth) = (0, 0usize);
+        let end = loop {
+            if j >= b.len() {
+                break b.len();
+            }
+            match b[j] {
+                b'r' if item[j..].starts_with("r#\"") => {
+                    j += item[j..].find("\"#").unwrap_or(b.len() - j) + 1;
+                }
+                b'"' => {
+                    j += 1;
+                    while j < b.len() && b[j] != b'"' {
+                        j += if b[j] == b'\\' { 2 } else { 1 };
+                    }
+                }
+                b'\'' if j + 2 < b.len() && (b[j + 2] == b'\'' || b[j + 1] == b'\\') => {
+                    // A character literal ('{', '"', '\''); a lifetime has no closing quote.
+                    j += if b[j + 1] == b'\\' { 3 } else { 2 };
+                }
+                b'/' if b.get(j + 1) == Some(&b'/') => {
+                    while j < b.len() && b[j] != b'\n' {
+                        j += 1;
+                    }
+                }
+                b';' if depth == 0 => break j + 1,
+                b'{' => depth += 1,
+                b'}' => {
+                    depth = depth.saturating_sub(1);
+                    if depth == 0 {
+                        let after = item[j + 1..].trim_start();
+                        break if after.starts_with(';') {
+                            item.len() - after.len() + 1
+                        } else {
+                            j + 1
+                        };
+                    }
+                }
+                _ => {}
+            }
+            j += 1;
+        };
+        rest = &item[end.min(item.len())..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Whether the text before a literal ends with `&args.FIELD,`: the collector's
 /// store settings are read as `pick(&args.postgres, "COLLECTOR_POSTGRES")`, the flag
 /// first, then the variable (also in `(&args.influx_db, "INFLUXDB_DB")` pairs).
@@ -147,9 +207,8 @@ pub fn declared_vars(crate_dir: &Path) -> BTreeSet<String> {
             if p.extension().is_none_or(|x| x != "rs") {
                 continue;
             }
-            let src = std::fs::read_to_string(&p).unwrap();
-            let src = src.split("#[cfg(test)]").next().unwrap();
-            let mut rest = src;
+            let src = without_test_items(&std::fs::read_to_string(&p).unwrap());
+            let mut rest = src.as_str();
             while let Some(i) = rest.find("const VARIABLES: &[&str] = &[") {
                 let body = &rest[i..];
                 let end = body.find("];").unwrap_or(body.len());
