@@ -501,3 +501,72 @@ fn after<'a>(x: &'a str) { get("LATER_VAR"); }
         "{kept}"
     );
 }
+
+#[test]
+fn readme_monitoring_names_the_endpoints_and_its_scrape_config_passes_promtool() {
+    let readme = read("README.md");
+    let part = section(&readme, "## Monitoring");
+    for needed in [
+        "--metrics-addr",
+        "COLLECTOR_METRICS_ADDR",
+        "DEVICE_SIM_METRICS_ADDR",
+        "/metrics",
+        "/healthz",
+        "/readyz",
+        "collector probe",
+        "docker/docker-compose.monitoring.yml",
+        "docker/grafana/dashboards/mqtt-collector.json",
+        "no passwords",
+        "device id",
+        "warning",
+    ] {
+        assert!(
+            words(part).contains(&words(needed)),
+            "README Monitoring lacks {needed:?}"
+        );
+    }
+    // Every metric name of the contract (section 8), as the binaries expose it.
+    for name in [
+        "mqtt_collector_connected",
+        "mqtt_collector_messages_received_total",
+        "mqtt_collector_messages_stored_total",
+        "mqtt_collector_messages_duplicate_total",
+        "mqtt_collector_messages_rejected_total",
+        "mqtt_collector_store_errors_total",
+        "mqtt_collector_commit_duration_seconds",
+        "mqtt_collector_publish_to_commit_seconds",
+        "mqtt_collector_reconnects_total",
+        "device_sim_devices_connected",
+        "device_sim_messages_generated_total",
+        "device_sim_messages_acked_total",
+        "device_sim_messages_evicted_total",
+        "device_sim_queue_depth",
+        "device_sim_reconnects_total",
+        "device_sim_publish_to_ack_seconds",
+    ] {
+        assert!(
+            part.contains(&format!("`{name}")),
+            "README Monitoring does not name {name}"
+        );
+    }
+    // The scrape_configs snippet is a configuration Prometheus accepts.
+    let yaml = part
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("README Monitoring has a ```yaml prometheus.yml snippet");
+    assert!(yaml.contains("scrape_configs:"), "{yaml}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("prometheus.yml");
+    std::fs::write(&file, yaml).unwrap();
+    let out = crate::kit::tool("promtool")
+        .args(["check", "config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check config on README's snippet: {}",
+        text(&out)
+    );
+}
