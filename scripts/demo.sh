@@ -13,6 +13,8 @@
 #                  everything by itself and prints the stats (for tests and scripts)
 #   DEMO_READY_TIMEOUT  seconds to wait for the broker and for the collector's
 #                  subscriptions (default 30)
+#   DEMO_METRICS_PORT  port on 127.0.0.1 of the collector's /metrics, /healthz and /readyz
+#                  (default 9464; when it is taken the demo runs without them; 0 = off)
 set -euo pipefail
 
 die() { echo "demo.sh: $*" >&2; exit 1; }
@@ -22,11 +24,12 @@ PORT="${DEMO_PORT:-8883}"
 COUNT="${DEMO_DEVICES:-10}"
 MESSAGES="${DEMO_MESSAGES:-}"
 TIMEOUT="${DEMO_READY_TIMEOUT:-30}"
+METRICS_PORT="${DEMO_METRICS_PORT:-9464}"
 D="$(abs "${DEMO_DIR:-demo}")"
 BIN="${DEMO_BIN:+$(abs "$DEMO_BIN")}"
 cd "$(dirname "$0")/.."
 [ -n "${DEMO_DIR:-}" ] || D="$PWD/demo"
-for v in PORT COUNT TIMEOUT; do
+for v in PORT COUNT TIMEOUT METRICS_PORT; do
   case "${!v}" in ''|*[!0-9]*) die "DEMO_$v must be a number, not '${!v}'";; esac
 done
 case "$MESSAGES" in *[!0-9]*) die "DEMO_MESSAGES must be a number, not '$MESSAGES'";; esac
@@ -40,8 +43,8 @@ PATH="$PATH:/usr/sbin:/sbin"
 command -v mosquitto >/dev/null 2>&1 && command -v mosquitto_passwd >/dev/null 2>&1 || {
   echo "demo.sh: mosquitto is not installed: apt-get install -y mosquitto mosquitto-clients" >&2; exit 2; }
 
-# True when something accepts TCP connections on 127.0.0.1:PORT.
-listening() { (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; }
+# True when something accepts TCP connections on 127.0.0.1:PORT (or the port given).
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/${1:-$PORT}") 2>/dev/null; }
 
 # Another broker (or anything else) on the port would take our clients: refuse to start.
 if listening; then
@@ -116,8 +119,17 @@ kill -0 "$BROKER" 2>/dev/null || { log_tail "$D/mosquitto.log"; die "mosquitto e
 export MQTT_BROKER_HOST=localhost MQTT_BROKER_PORT="$PORT" MQTT_USE_TLS=true MQTT_CA_CERTS="$D/certs/ca.crt"
 READY="$D/collector.ready"
 rm -f "$READY"
+metrics_args=()
+if [ "$METRICS_PORT" -eq 0 ]; then
+  :
+elif listening "$METRICS_PORT"; then
+  echo "demo.sh: port $METRICS_PORT on 127.0.0.1 is in use: running without the metrics endpoint (DEMO_METRICS_PORT=... picks another)" >&2
+  METRICS_PORT=0
+else
+  metrics_args=(--metrics-addr "127.0.0.1:$METRICS_PORT")
+fi
 MQTT_USERNAME=collector MQTT_PASSWORD="$COLLECTOR_PASSWORD" \
-  setsid "$BIN/collector" --db "$D/collector.db" --ready-file "$READY" >"$D/collector.log" 2>&1 & COLLECTOR=$!
+  setsid "$BIN/collector" --db "$D/collector.db" --ready-file "$READY" ${metrics_args[@]+"${metrics_args[@]}"} >"$D/collector.log" 2>&1 & COLLECTOR=$!
 # Devices start only once the broker has confirmed the collector's subscriptions:
 # before that, the broker would drop their first readings (nobody subscribed yet).
 deadline=$((SECONDS + TIMEOUT))
@@ -131,6 +143,9 @@ total() { "$BIN/collector" stats --db "$D/collector.db" --json 2>/dev/null | sed
 before=$(total); before=${before:-0}
 
 echo "broker on localhost:$PORT (TLS, log $D/mosquitto.log); collector storing into $D/collector.db (log $D/collector.log)"
+if [ "$METRICS_PORT" -ne 0 ]; then
+  echo "collector metrics: http://127.0.0.1:$METRICS_PORT/metrics (health: /healthz, ready: /readyz; \`$BIN/collector probe URL\` fetches one)"
+fi
 sim_args=(--count "$COUNT" --queue "$D/device-sim-queue.db")
 if [ -n "$MESSAGES" ]; then
   sim_args+=(--messages "$MESSAGES")

@@ -50,12 +50,14 @@ fn seqs_in(db: &Path) -> BTreeMap<String, Vec<i64>> {
 fn demo_script_delivers_every_reading_of_every_device_from_seq_1() {
     let tmp = tempfile::tempdir().unwrap();
     let port = free_port().to_string();
+    let metrics_port = free_port().to_string();
     let out = demo(
         tmp.path(),
         &[
             ("DEMO_PORT", &port),
             ("DEMO_DEVICES", "3"),
             ("DEMO_MESSAGES", "5"),
+            ("DEMO_METRICS_PORT", &metrics_port),
         ],
     );
     assert!(out.status.success(), "demo.sh: {}", text(&out));
@@ -82,6 +84,17 @@ fn demo_script_delivers_every_reading_of_every_device_from_seq_1() {
     assert!(
         log.contains("subscribed"),
         "the collector's log is not in demo/collector.log: {log}"
+    );
+    // The collector served its metrics where the script says.
+    let metrics = format!("http://127.0.0.1:{metrics_port}");
+    assert!(
+        stdout.contains(&format!("collector metrics: {metrics}/metrics")),
+        "the demo does not say where the metrics are: {}",
+        text(&out)
+    );
+    assert!(
+        log.contains(&format!("metrics and health endpoint on {metrics}")),
+        "the collector did not serve metrics on {metrics}: {log}"
     );
     assert!(
         !d.join("collector.ready").exists(),
