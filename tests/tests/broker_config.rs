@@ -367,6 +367,11 @@ fn shipped_broker_config_enforces_tls_passwords_and_the_acl() {
         ("MQTT_BROKER_PORT", tls_port.clone()),
         ("MQTT_CA_CERTS", ca.clone()),
         ("COLLECTOR_DB", db.display().to_string()),
+        // The container's 0.0.0.0:9464 may be taken on a test machine.
+        (
+            "COLLECTOR_METRICS_ADDR",
+            format!("127.0.0.1:{}", e2e::free_port()),
+        ),
     ] {
         collector_env.retain(|(key, _)| key != k);
         collector_env.push((k.to_string(), v));

@@ -395,6 +395,63 @@ fn valid_filter(f: &str) -> bool {
     })
 }
 
+/// The shared-subscription group: the flag, else `COLLECTOR_SHARE_GROUP`; a name the
+/// broker cannot take is refused.
+pub fn share_group(flag: Option<&String>, env: &Env) -> Result<Option<String>, String> {
+    let Some(name) = flag
+        .cloned()
+        .or_else(|| env.get("COLLECTOR_SHARE_GROUP").map(str::to_string))
+    else {
+        return Ok(None);
+    };
+    if name.is_empty()
+        || name.contains(['/', '+', '#'])
+        || name.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "--share-group (COLLECTOR_SHARE_GROUP) {name:?} is not a share name: use letters, digits, '-', '_' or '.' (no '/', '+', '#' or spaces)"
+        ));
+    }
+    Ok(Some(name))
+}
+
+/// Each filter as the member of `group` subscribes to it.
+pub fn shared_filters(group: &str, topics: &[String]) -> Vec<String> {
+    topics
+        .iter()
+        .map(|t| format!("$share/{group}/{t}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod share_tests {
+    use super::*;
+
+    #[test]
+    fn share_groups_are_named_and_filters_prefixed() {
+        let env = Env::from_pairs([("COLLECTOR_SHARE_GROUP", "collectors")]);
+        assert_eq!(
+            share_group(None, &env).unwrap().as_deref(),
+            Some("collectors")
+        );
+        assert_eq!(
+            share_group(Some(&"g1".to_string()), &env)
+                .unwrap()
+                .as_deref(),
+            Some("g1")
+        );
+        assert_eq!(share_group(None, &Env::default()).unwrap(), None);
+        for bad in ["a/b", "a+", "#", "a b"] {
+            let err = share_group(Some(&bad.to_string()), &Env::default()).unwrap_err();
+            assert!(err.contains("--share-group"), "{err}");
+        }
+        assert_eq!(
+            shared_filters("g", &["device/data/+".into(), "vehicle/speed/+".into()]),
+            ["$share/g/device/data/+", "$share/g/vehicle/speed/+"]
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -542,62 +599,5 @@ mod tests {
         ));
         let cli = Cli::try_parse_from(["collector", "certgen", "--out", "/tmp/x"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Certgen(_))));
-    }
-}
-
-/// The shared-subscription group: the flag, else `COLLECTOR_SHARE_GROUP`; a name the
-/// broker cannot take is refused.
-pub fn share_group(flag: Option<&String>, env: &Env) -> Result<Option<String>, String> {
-    let Some(name) = flag
-        .cloned()
-        .or_else(|| env.get("COLLECTOR_SHARE_GROUP").map(str::to_string))
-    else {
-        return Ok(None);
-    };
-    if name.is_empty()
-        || name.contains(['/', '+', '#'])
-        || name.chars().any(|c| c.is_whitespace() || c.is_control())
-    {
-        return Err(format!(
-            "--share-group (COLLECTOR_SHARE_GROUP) {name:?} is not a share name: use letters, digits, '-', '_' or '.' (no '/', '+', '#' or spaces)"
-        ));
-    }
-    Ok(Some(name))
-}
-
-/// Each filter as the member of `group` subscribes to it.
-pub fn shared_filters(group: &str, topics: &[String]) -> Vec<String> {
-    topics
-        .iter()
-        .map(|t| format!("$share/{group}/{t}"))
-        .collect()
-}
-
-#[cfg(test)]
-mod share_tests {
-    use super::*;
-
-    #[test]
-    fn share_groups_are_named_and_filters_prefixed() {
-        let env = Env::from_pairs([("COLLECTOR_SHARE_GROUP", "collectors")]);
-        assert_eq!(
-            share_group(None, &env).unwrap().as_deref(),
-            Some("collectors")
-        );
-        assert_eq!(
-            share_group(Some(&"g1".to_string()), &env)
-                .unwrap()
-                .as_deref(),
-            Some("g1")
-        );
-        assert_eq!(share_group(None, &Env::default()).unwrap(), None);
-        for bad in ["a/b", "a+", "#", "a b"] {
-            let err = share_group(Some(&bad.to_string()), &Env::default()).unwrap_err();
-            assert!(err.contains("--share-group"), "{err}");
-        }
-        assert_eq!(
-            shared_filters("g", &["device/data/+".into(), "vehicle/speed/+".into()]),
-            ["$share/g/device/data/+", "$share/g/vehicle/speed/+"]
-        );
     }
 }
