@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 /// Measures collector and device-sim against peers on a Mosquitto it starts itself
 /// on free loopback ports: ingest throughput (vs mosquitto_sub and a paho-mqtt
-/// stand-in), end-to-end latency, device scale, the cost of TLS and the offline queue.
+/// stand-in), end-to-end latency, device scale, the cost of TLS, the offline queue
+/// and the collector's stores (SQLite, PostgreSQL, InfluxDB).
 ///
 /// Needs mosquitto, mosquitto_sub, python3 with paho-mqtt (`pip install paho-mqtt`)
 /// and ss on the PATH. Builds the release binaries of collector and device-sim
@@ -30,7 +31,7 @@ pub struct Cli {
     /// Start every broker with `set_tcp_nodelay true` (Mosquitto's default is false: Nagle's algorithm on)
     #[arg(long)]
     pub tcp_nodelay: bool,
-    /// Messages per consumer in the throughput scenario [default 100000, 20000 with --quick]
+    /// Messages per consumer in the throughput and stores scenarios [default 100000, 20000 with --quick]
     #[arg(long, value_name = "N")]
     pub messages: Option<u64>,
     /// Use the collector and device-sim found next to this binary without running cargo build
@@ -41,7 +42,7 @@ pub struct Cli {
     pub keep: bool,
 }
 
-/// The scenarios of issue 6.
+/// The scenarios of issue 6, and of issue 11 (stores).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
 pub enum Scenario {
     /// 1. Drain of a queued persistent session: collector vs mosquitto_sub vs paho, plain and TLS
@@ -54,16 +55,19 @@ pub enum Scenario {
     Tls,
     /// 5. device-sim's offline queue: enqueue with the broker down, drain when it is back
     Queue,
+    /// 6. The throughput drain into the collector with SQLite, PostgreSQL and InfluxDB (servers started here)
+    Stores,
 }
 
 impl Scenario {
     /// Every scenario, in the order they run.
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 6] = [
         Scenario::Throughput,
         Scenario::Latency,
         Scenario::Scale,
         Scenario::Tls,
         Scenario::Queue,
+        Scenario::Stores,
     ];
 
     /// The name used on the command line and in the JSON.
@@ -74,6 +78,7 @@ impl Scenario {
             Scenario::Scale => "scale",
             Scenario::Tls => "tls",
             Scenario::Queue => "queue",
+            Scenario::Stores => "stores",
         }
     }
 }

@@ -6,7 +6,7 @@ use crate::binaries::Programs;
 use crate::broker::Endpoint;
 use crate::procstat::{self, Ended};
 use anyhow::{anyhow, bail, Context, Result};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -56,6 +56,9 @@ pub struct Drained {
     pub cpu: f64,
     /// Peak resident memory, KiB.
     pub max_rss_kib: u64,
+    /// Messages the collector's store holds once it has stopped, counted exactly
+    /// (None for consumers that store nothing).
+    pub stored: Option<u64>,
 }
 
 impl Drained {
@@ -65,13 +68,52 @@ impl Drained {
     }
 }
 
+/// Where a collector stores, for the benchmark: the arguments that name the store
+/// and how to count what it holds.
+pub struct Sink<'a> {
+    /// Collector arguments, e.g. `--db PATH` or `--postgres URL`.
+    pub args: Vec<String>,
+    /// Polled while draining, every `poll`: reaches the expected count only once
+    /// that many messages are stored; may be cheaper than exact below it.
+    pub progress: Box<dyn FnMut() -> u64 + 'a>,
+    /// Stored messages, counted exactly (after the collector has stopped).
+    pub count: Box<dyn FnMut() -> Result<u64> + 'a>,
+    /// How often `progress` is polled.
+    pub poll: Duration,
+}
+
+impl<'a> Sink<'a> {
+    /// The collector's default store: the SQLite file `db` (polled by its largest
+    /// rowid every 5 ms, counted with count(*)).
+    pub fn sqlite(db: &Path) -> Sink<'a> {
+        let (path, exact) = (db.to_path_buf(), db.to_path_buf());
+        let mut conn = None;
+        Sink {
+            args: vec!["--db".to_string(), db.display().to_string()],
+            progress: Box::new(move || {
+                if conn.is_none() {
+                    conn = open_reader(&path);
+                }
+                conn.as_ref().map(stored_rows).unwrap_or(0)
+            }),
+            count: Box::new(move || {
+                let conn = open_reader(&exact)
+                    .with_context(|| format!("{} does not exist", exact.display()))?;
+                let n: i64 = conn.query_row("SELECT count(*) FROM telemetry", [], |r| r.get(0))?;
+                Ok(n.max(0) as u64)
+            }),
+            poll: Duration::from_millis(5),
+        }
+    }
+}
+
 /// A prepared consumer run: its command, for the report, and how to run it.
-pub struct Run {
+pub struct Run<'a> {
     consumer: Consumer,
     cmd: Command,
     /// The command line as a shell would take it.
     pub line: String,
-    db: PathBuf,
+    sink: Option<Sink<'a>>,
     expected: u64,
 }
 
@@ -118,8 +160,9 @@ pub fn our_command(program: &Path, dir: &Path, env: &[(String, String)]) -> Comm
     cmd
 }
 
-impl Run {
+impl<'a> Run<'a> {
     /// Prepares `consumer` on `ep` with persistent client id `client_id`, to stop after `n`.
+    /// A collector stores into `sink`, or a fresh SQLite file in `dir` when None.
     pub fn prepare(
         consumer: Consumer,
         programs: &Programs,
@@ -127,15 +170,18 @@ impl Run {
         client_id: &str,
         n: u64,
         dir: &Path,
-    ) -> Result<Run> {
+        sink: Option<Sink<'a>>,
+    ) -> Result<Run<'a>> {
         std::fs::create_dir_all(dir)?;
         let db = dir.join(format!("{}.db", consumer.slug()));
         let _ = std::fs::remove_file(&db);
+        let mut sink = sink;
         let (cmd, line) = match consumer {
             Consumer::Collector | Consumer::CollectorSyncFull => {
                 let bin = programs.collector.clone().map_err(|e| anyhow!(e))?;
                 let env = ep.env(Some(client_id));
-                let mut args = vec!["--db".to_string(), db.display().to_string()];
+                let sink = sink.get_or_insert_with(|| Sink::sqlite(&db));
+                let mut args = sink.args.clone();
                 if consumer == Consumer::CollectorSyncFull {
                     args.extend(["--sync".to_string(), "full".to_string()]);
                 }
@@ -200,7 +246,7 @@ impl Run {
             consumer,
             cmd,
             line,
-            db,
+            sink,
             expected: n,
         })
     }
@@ -213,23 +259,31 @@ impl Run {
             .cmd
             .spawn()
             .with_context(|| format!("starting {}", self.consumer.name()))?;
-        match self.consumer {
-            Consumer::Collector | Consumer::CollectorSyncFull => {
-                let done = wait_for_rows(&child, &self.db, self.expected, deadline)?;
+        match (self.consumer, self.sink.as_mut()) {
+            (Consumer::Collector | Consumer::CollectorSyncFull, Some(sink)) => {
+                let done = wait_for_count(
+                    &child,
+                    self.expected,
+                    deadline,
+                    sink.poll,
+                    &mut sink.progress,
+                )?;
                 let elapsed = done.duration_since(start);
                 let cpu = procstat::cpu_seconds(child.id()).unwrap_or(f64::NAN);
                 let ended = procstat::terminate(&child, Duration::from_secs(10))?;
                 if ended.code != 0 {
                     tracing::warn!("collector exited with {} after SIGTERM", ended.code);
                 }
+                let stored = (sink.count)().context("counting the stored messages")?;
                 Ok(Drained {
                     messages: self.expected,
                     elapsed,
                     cpu,
                     max_rss_kib: ended.max_rss_kib,
+                    stored: Some(stored),
                 })
             }
-            Consumer::MosquittoSub | Consumer::Paho => {
+            _ => {
                 let ended = wait_exit(&child, deadline, self.consumer.name())?;
                 if ended.code != 0 {
                     bail!("{} exited with code {}", self.consumer.name(), ended.code);
@@ -239,6 +293,7 @@ impl Run {
                     elapsed: ended.at.duration_since(start),
                     cpu: ended.cpu,
                     max_rss_kib: ended.max_rss_kib,
+                    stored: None,
                 })
             }
         }
@@ -284,28 +339,34 @@ pub fn open_reader(db: &Path) -> Option<rusqlite::Connection> {
 /// Polls `db` until it holds `n` rows; the instant they were seen. Fails if the
 /// process ends first or time runs out.
 pub fn wait_for_rows(child: &Child, db: &Path, n: u64, deadline: Instant) -> Result<Instant> {
-    let mut conn = None;
-    let mut last = 0;
+    let mut sink = Sink::sqlite(db);
+    wait_for_count(child, n, deadline, sink.poll, &mut sink.progress)
+}
+
+/// Polls `progress` every `poll` until it reaches `n`; the instant it did. Fails if
+/// the process ends first or time runs out.
+pub fn wait_for_count(
+    child: &Child,
+    n: u64,
+    deadline: Instant,
+    poll: Duration,
+    progress: &mut dyn FnMut() -> u64,
+) -> Result<Instant> {
     loop {
-        if conn.is_none() {
-            conn = open_reader(db);
-        }
-        if let Some(c) = &conn {
-            last = stored_rows(c);
-            if last >= n {
-                return Ok(Instant::now());
-            }
+        let last = progress();
+        if last >= n {
+            return Ok(Instant::now());
         }
         if let Some(e) = procstat::wait_until(child, Instant::now())? {
             bail!(
-                "the process exited with code {} after {last} of {n} rows",
+                "the process exited with code {} after {last} of {n} messages stored",
                 e.code
             );
         }
         if Instant::now() > deadline {
             let _ = procstat::terminate(child, Duration::from_secs(5));
-            bail!("only {last} of {n} rows stored in time");
+            bail!("only {last} of {n} messages stored in time");
         }
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(poll);
     }
 }

@@ -173,6 +173,7 @@ fn run(cli: Cli) -> Result<()> {
             Scenario::Scale => scenarios::scale::run(&ctx),
             Scenario::Tls => scenarios::tls::run(&ctx, &sections),
             Scenario::Queue => scenarios::queue::run(&ctx),
+            Scenario::Stores => scenarios::stores::run(&ctx),
         };
         s.seconds = started.elapsed().as_secs_f64();
         if let (Some(a), Some(b)) = (load0, scenarios::loadavg()) {

@@ -1,9 +1,11 @@
-//! The five scenarios of issue 6 and what they share: the run's working directory,
+//! The five scenarios of issue 6, the stores scenario of issue 11, and what they share: the run's working directory,
 //! the programs, the certificates and the broker limits.
 
+pub mod drain;
 pub mod latency;
 pub mod queue;
 pub mod scale;
+pub mod stores;
 pub mod throughput;
 pub mod tls;
 
@@ -27,7 +29,7 @@ pub struct Ctx {
     pub quick: bool,
     /// Broker limits of every broker of the run (unless a scenario says otherwise).
     pub limits: Limits,
-    /// Messages per consumer in the throughput scenario.
+    /// Messages per consumer in the throughput and stores scenarios.
     pub messages: u64,
 }
 

@@ -3,17 +3,11 @@
 //! started and timed until all N are stored (received, for mosquitto_sub). Every
 //! consumer drains the same load from the same broker, plain and TLS.
 
+use super::drain::{self, Entrant, LOAD_CONNECTIONS, LOAD_WINDOW};
 use super::{guarded, Ctx};
 use crate::broker::{Broker, Limits};
-use crate::consumers::{Consumer, Run};
-use crate::loadgen::{self, Load};
-use crate::report::{Row, Section};
-use std::time::Duration;
-
-/// Connections of the load generator.
-pub const LOAD_CONNECTIONS: usize = 4;
-/// Unacknowledged messages per load connection.
-pub const LOAD_WINDOW: u16 = 200;
+use crate::consumers::Consumer;
+use crate::report::Section;
 
 struct Variant {
     tls: bool,
@@ -81,63 +75,46 @@ pub fn run(ctx: &Ctx) -> Section {
     s.note(format!(
         "N = {n} messages per drain; load generator: {LOAD_CONNECTIONS} connections, window {LOAD_WINDOW} each, QoS 1, contract payloads; {rounds} round(s), consumers interleaved within a round; msg/s = best round, ratios = median of the per-round ratios (both run in the same round, under the same machine load); elapsed = process start to the Nth message stored/received (start-up and connect included)"
     ));
+    let mut measured = Vec::new();
     for v in &variants {
         let label = v.label(&ctx.limits);
         guarded(&mut s, &format!("{label} drains"), |s| {
-            run_variant(ctx, s, v, &label, n, rounds)
+            measured.push((label.clone(), run_variant(ctx, s, v, &label, n, rounds)?));
+            Ok(())
         });
     }
     let mut notes = Vec::new();
-    for v in &variants {
-        let label = v.label(&ctx.limits);
-        let rounds_of = |who: Consumer| -> Option<Vec<f64>> {
-            let runs = s.find(&format!("{}, {label}", who.name()))?;
-            match runs.cells.iter().find(|(k, _)| k == "runs msg/s")? {
-                (_, crate::report::Cell::Text(t)) => Some(
-                    t.split('/')
-                        .map(|x| x.parse().unwrap_or(f64::NAN))
-                        .collect(),
-                ),
-                _ => None,
-            }
+    for (label, entrants) in &measured {
+        let rates = |who: Consumer| {
+            entrants
+                .iter()
+                .find(|e| e.consumer == who)
+                .map(|e| e.rates.as_slice())
         };
-        let Some(coll) = rounds_of(Consumer::Collector) else {
+        let Some(coll) = rates(Consumer::Collector) else {
             continue;
         };
         for peer in [Consumer::MosquittoSub, Consumer::Paho] {
-            let Some(p) = rounds_of(peer) else { continue };
-            let mut ratios: Vec<f64> = coll
-                .iter()
-                .zip(&p)
-                .map(|(c, p)| c / p)
-                .filter(|r| r.is_finite())
-                .collect();
-            if ratios.is_empty() {
+            let Some((median, each)) = rates(peer).and_then(|p| drain::ratios(coll, p)) else {
                 continue;
-            }
-            ratios.sort_by(f64::total_cmp);
-            let median = ratios[ratios.len() / 2];
+            };
             let verdict = match peer {
                 Consumer::MosquittoSub if median >= 0.9 => " (goal >= 0.90: met)",
                 Consumer::MosquittoSub => " (goal >= 0.90: MISSED)",
                 _ => "",
             };
             notes.push(format!(
-                "{label}: collector / {} = {median:.2} (per round: {}){verdict}",
+                "{label}: collector / {} = {median:.2} (per round: {each}){verdict}",
                 peer.name(),
-                coll.iter()
-                    .zip(&p)
-                    .map(|(c, p)| format!("{:.2}", c / p))
-                    .collect::<Vec<_>>()
-                    .join(", ")
             ));
         }
     }
-    for v in &variants {
-        let label = v.label(&ctx.limits);
+    for (label, entrants) in &measured {
         let median = |who: Consumer| {
-            s.find(&format!("{}, {label}", who.name()))
-                .and_then(|r| r.num("median msg/s"))
+            entrants
+                .iter()
+                .find(|e| e.consumer == who)
+                .and_then(Entrant::median)
         };
         if let (Some(normal), Some(full)) = (
             median(Consumer::Collector),
@@ -155,14 +132,14 @@ pub fn run(ctx: &Ctx) -> Section {
     s
 }
 
-fn run_variant(
-    ctx: &Ctx,
+fn run_variant<'a>(
+    ctx: &'a Ctx,
     s: &mut Section,
     v: &Variant,
     label: &str,
     n: u64,
     rounds: usize,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<Entrant<'a>>> {
     let dir = ctx.subdir(&format!(
         "throughput-{}-{}-{}",
         if v.tls { "tls" } else { "plain" },
@@ -172,83 +149,17 @@ fn run_variant(
     let broker = Broker::start(&dir.join("broker"), &ctx.pki, v.limits)?;
     s.command(broker.command_line());
     let ep = broker.endpoint(v.tls);
-    let load = Load {
-        messages: n,
-        connections: LOAD_CONNECTIONS,
-        window: LOAD_WINDOW,
-        prefix: "load_".into(),
-    };
-    let mut best: Vec<(Consumer, Option<crate::consumers::Drained>, Vec<f64>)> =
-        v.consumers.iter().map(|c| (*c, None, Vec::new())).collect();
-    let mut publishes = Vec::new();
-    for round in 0..rounds {
-        for (consumer, best, rates) in best.iter_mut() {
-            let id = format!("bench-{}", consumer.slug());
-            let attempt = (|| -> anyhow::Result<()> {
-                ctx.rt
-                    .block_on(loadgen::prime_session(&ep, &id, "device/data/+"))?;
-                let published = ctx.rt.block_on(loadgen::publish(&ep, &load))?;
-                publishes.push(published);
-                let run = Run::prepare(
-                    *consumer,
-                    &ctx.programs,
-                    &ep,
-                    &id,
-                    n,
-                    &dir.join(consumer.slug()),
-                )?;
-                if round == 0 {
-                    s.command(run.line.clone());
-                }
-                let timeout = Duration::from_secs(30) + Duration::from_secs_f64(n as f64 / 1000.0);
-                let d = run.drain(timeout)?;
-                rates.push(d.rate());
-                if !matches!(best, Some(b) if b.rate() >= d.rate()) {
-                    *best = Some(d);
-                }
-                Ok(())
-            })();
-            if let Err(e) = attempt {
-                rates.push(f64::NAN);
-                s.skip(format!(
-                    "{}, {label}, round {}: {e:#}",
-                    consumer.name(),
-                    round + 1
-                ));
-            }
-        }
+    let mut entrants: Vec<Entrant> = v
+        .consumers
+        .iter()
+        .map(|c| Entrant::new(format!("{}, {label}", c.name()), *c))
+        .collect();
+    let publishes = drain::run_rounds(ctx, s, &ep, &drain::load(n), &dir, &mut entrants, rounds);
+    for row in entrants.iter().filter_map(Entrant::row) {
+        s.row(row);
     }
-    for (consumer, best, rates) in best {
-        if let Some(d) = best {
-            let runs = rates
-                .iter()
-                .map(|r| format!("{r:.0}"))
-                .collect::<Vec<_>>()
-                .join("/");
-            let mut finite: Vec<f64> = rates.iter().copied().filter(|r| r.is_finite()).collect();
-            finite.sort_by(f64::total_cmp);
-            s.row(
-                Row::new(format!("{}, {label}", consumer.name()))
-                    .set("msg/s", d.rate())
-                    .set("median msg/s", finite[finite.len() / 2])
-                    .set("seconds", d.elapsed.as_secs_f64())
-                    .set("runs msg/s", runs)
-                    .set("cpu us/msg", d.cpu * 1e6 / d.messages as f64)
-                    .set("max RSS MiB", d.max_rss_kib as f64 / 1024.0),
-            );
-        }
+    if let Some(row) = drain::load_row(format!("load generator, {label}"), &publishes) {
+        s.row(row);
     }
-    if !publishes.is_empty() {
-        let rate = publishes.iter().map(|p| p.rate()).fold(0.0, f64::max);
-        let wire: u64 = publishes.iter().map(|p| p.wire.payload_bytes()).sum();
-        let ip: u64 = publishes.iter().map(|p| p.wire.ip_bytes()).sum();
-        let msgs: u64 = publishes.iter().map(|p| p.messages).sum();
-        s.row(
-            Row::new(format!("load generator, {label}"))
-                .set("msg/s", rate)
-                .set("wire B/msg", wire as f64 / msgs as f64)
-                .set("wire+IP B/msg", ip as f64 / msgs as f64),
-        );
-    }
-    Ok(())
+    Ok(entrants)
 }
