@@ -804,3 +804,46 @@ fn dashboard_queries_only_metrics_the_binaries_expose_and_prometheus_answers_eac
         );
     }
 }
+
+#[test]
+fn scale_addition_runs_three_collectors_in_one_share_group_on_postgres_only() {
+    let config = compose_config_of(&[
+        "docker/docker-compose.yml",
+        "docker/docker-compose.postgres.yml",
+        "docker/docker-compose.scale.yml",
+    ]);
+    let collectors: Vec<&str> = services(&config)
+        .into_iter()
+        .filter(|s| s.starts_with("collector"))
+        .collect();
+    assert_eq!(
+        collectors,
+        ["collector", "collector-2", "collector-3"],
+        "three collector services expected:\n{config}"
+    );
+    let mut ids = BTreeSet::new();
+    for name in &collectors {
+        let svc = service(&config, name);
+        let text = svc.join("\n");
+        assert_eq!(
+            env_of(&svc, "COLLECTOR_SHARE_GROUP"),
+            Some("collectors"),
+            "{name} is not in the share group:\n{text}"
+        );
+        let id = env_of(&svc, "MQTT_CLIENT_ID")
+            .unwrap_or_else(|| panic!("{name} has no MQTT_CLIENT_ID:\n{text}"));
+        assert!(ids.insert(id.to_string()), "{name} reuses client id {id}");
+        let url = env_of(&svc, "COLLECTOR_POSTGRES")
+            .unwrap_or_else(|| panic!("{name} has no COLLECTOR_POSTGRES:\n{text}"));
+        assert!(url.contains("@postgres:5432/"), "{name}: {url}");
+        assert_eq!(
+            env_of(&svc, "COLLECTOR_DB"),
+            Some(""),
+            "{name} must not write a local SQLite:\n{text}"
+        );
+        assert!(
+            text.contains("postgres:") && text.contains("condition: service_healthy"),
+            "{name} must wait for a healthy postgres:\n{text}"
+        );
+    }
+}
