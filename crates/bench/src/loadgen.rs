@@ -179,9 +179,13 @@ async fn run_connection(
     Ok((acked, client, el))
 }
 
-/// Creates (or renews) the persistent session of `client_id` with a QoS 1
-/// subscription to `filter`, then leaves, so the broker queues what arrives for it.
+/// Creates a fresh persistent session of `client_id` with a QoS 1 subscription to
+/// `filter`, then leaves, so the broker queues what arrives for it. A clean-session
+/// connect first ends any earlier session: otherwise it would still hold the loads
+/// published meanwhile for the other consumers, and a drain would start behind them.
 pub async fn prime_session(ep: &Endpoint, client_id: &str, filter: &str) -> Result<()> {
+    let (client, el) = connect(ep, client_id, true, 10).await?;
+    disconnect(client, el).await;
     let (client, mut el) = connect(ep, client_id, false, 10).await?;
     client.subscribe(filter, QoS::AtLeastOnce).await?;
     tokio::time::timeout(Duration::from_secs(10), async {

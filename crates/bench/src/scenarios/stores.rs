@@ -55,6 +55,9 @@ fn run_all(ctx: &Ctx, s: &mut Section) -> Result<()> {
     let mut entrants = vec![
         Entrant::new("mosquitto_sub", Consumer::MosquittoSub),
         Entrant::new("collector, SQLite", Consumer::Collector),
+        // Issue 13's question: what serving /metrics costs the drain.
+        Entrant::new("collector, SQLite, metrics on", Consumer::Collector)
+            .with_sink("metrics", metrics_on_sink(&dir)),
     ];
     if let Some(pg) = &pg {
         entrants.push(
@@ -112,6 +115,14 @@ fn run_all(ctx: &Ctx, s: &mut Section) -> Result<()> {
                     " (goal >= {GOAL:.2}: {})",
                     if ratio >= GOAL { "met" } else { "MISSED" }
                 ),
+                ("SQLite", "collector, SQLite, metrics on") => format!(
+                    " (goal >= {METRICS_GOAL:.2}: {})",
+                    if ratio >= METRICS_GOAL {
+                        "met"
+                    } else {
+                        "MISSED"
+                    }
+                ),
                 _ => String::new(),
             };
             notes.push(format!(
@@ -144,6 +155,24 @@ fn run_all(ctx: &Ctx, s: &mut Section) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Issue 13: the drain with the metrics endpoint on, as a share of the drain without.
+const METRICS_GOAL: f64 = 0.97;
+
+/// SQLite as in the plain entrant, with `--metrics-addr` on a free loopback port: the
+/// counters and histograms are updated whether or not anyone scrapes.
+fn metrics_on_sink<'a>(dir: &std::path::Path) -> SinkMaker<'a> {
+    let dir = dir.join("collector-metrics-on");
+    Box::new(move |round| {
+        std::fs::create_dir_all(&dir)?;
+        let mut sink = crate::consumers::Sink::sqlite(&dir.join(format!("round-{}.db", round + 1)));
+        sink.args.extend([
+            "--metrics-addr".to_string(),
+            format!("127.0.0.1:{}", testkit::free_port()),
+        ]);
+        Ok(sink)
+    })
 }
 
 fn start_postgres(s: &mut Section) -> Option<Postgres> {
