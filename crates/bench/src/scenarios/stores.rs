@@ -256,23 +256,16 @@ fn postgres_sink<'a>(
                 Ok(row.get::<_, i64>(0).max(0) as u64)
             }
         };
-        let exact = count.clone();
-        let progress = move || {
+        let top = move || {
             // An error is the table not created yet.
-            let top = ctx
-                .rt
+            ctx.rt
                 .block_on(client.query_one("SELECT coalesce(max(id), 0) FROM telemetry", &[]))
                 .map(|r| r.get::<_, i64>(0).max(0) as u64)
-                .unwrap_or(0);
-            if top < n {
-                top
-            } else {
-                exact().unwrap_or(0)
-            }
+                .unwrap_or(0)
         };
         Ok(Sink {
             args: vec!["--postgres".into(), url],
-            progress: Box::new(progress),
+            progress: bounded(n, top, count.clone()),
             count: Box::new(count),
             poll: Duration::from_millis(5),
         })
@@ -295,21 +288,16 @@ fn influx_sink<'a>(influx: &'a InfluxDb, n: u64) -> SinkMaker<'a> {
                 Ok(series_sum(&v))
             }
         };
-        let exact = count.clone();
         let last = format!("SELECT last(seq) FROM {MEASUREMENT} GROUP BY device_id");
-        let progress = {
+        let top = {
             let db = db.clone();
             move || {
-                let top = unpanic(|| influx.query(&db, &last))
+                unpanic(|| influx.query(&db, &last))
                     .map(|v| series_sum(&v))
-                    .unwrap_or(0);
-                if top < n {
-                    top
-                } else {
-                    exact().unwrap_or(0)
-                }
+                    .unwrap_or(0)
             }
         };
+        let progress = bounded(n, top, count.clone());
         Ok(Sink {
             args: vec![
                 "--influx".into(),
@@ -317,10 +305,23 @@ fn influx_sink<'a>(influx: &'a InfluxDb, n: u64) -> SinkMaker<'a> {
                 "--influx-db".into(),
                 db.clone(),
             ],
-            progress: Box::new(progress),
+            progress,
             count: Box::new(count),
             poll: Duration::from_millis(10),
         })
+    })
+}
+
+/// A sink's progress: `top`, a cheap figure never below the stored count, while it
+/// is under `n`; from there the `exact` count.
+fn bounded<'a>(
+    n: u64,
+    mut top: impl FnMut() -> u64 + 'a,
+    mut exact: impl FnMut() -> Result<u64> + 'a,
+) -> Box<dyn FnMut() -> u64 + 'a> {
+    Box::new(move || match top() {
+        t if t < n => t,
+        _ => exact().unwrap_or(0),
     })
 }
 
