@@ -378,6 +378,17 @@ mod tests {
     use super::*;
     use clap::Parser;
 
+    /// A temporary folder with an empty env file (so no ./.env or variable of the
+    /// developer's leaks in) and a database path in it.
+    fn scratch() -> (tempfile::TempDir, String, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let env = dir.path().join("empty.env");
+        std::fs::write(&env, "").unwrap();
+        let db = dir.path().join("c.db");
+        let (env, db) = (env.display().to_string(), db.display().to_string());
+        (dir, env, db)
+    }
+
     fn run_args(extra: &[&str]) -> RunArgs {
         let mut argv = vec!["collector"];
         argv.extend_from_slice(extra);
@@ -386,12 +397,8 @@ mod tests {
 
     #[test]
     fn a_share_group_needs_a_shared_store_and_gets_a_per_host_client_id() {
-        let dir = tempfile::tempdir().unwrap();
-        let env = dir.path().join("empty.env");
-        std::fs::write(&env, "").unwrap();
-        let env = env.to_str().unwrap();
-        let db = dir.path().join("c.db");
-        let db = db.to_str().unwrap();
+        let (_dir, env, db) = scratch();
+        let (env, db) = (env.as_str(), db.as_str());
         let err = prepare_run(run_args(&[
             "--env-file",
             env,
@@ -424,10 +431,8 @@ mod tests {
 
     #[test]
     fn a_malformed_store_configuration_is_a_configuration_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let env = dir.path().join("empty.env");
-        std::fs::write(&env, "").unwrap();
-        let env = env.to_str().unwrap();
+        let (_dir, env, _) = scratch();
+        let env = env.as_str();
         for args in [
             &["--postgres", "mysql://nope"][..],
             &["--influx", "http://127.0.0.1:1"],
@@ -442,12 +447,8 @@ mod tests {
 
     #[test]
     fn a_bad_topic_or_database_is_a_configuration_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let env = dir.path().join("empty.env");
-        std::fs::write(&env, "").unwrap();
-        let env = env.to_str().unwrap();
-        let db = dir.path().join("c.db");
-        let db = db.to_str().unwrap();
+        let (dir, env, db) = scratch();
+        let (env, db) = (env.as_str(), db.as_str());
         let err = prepare_run(run_args(&[
             "--env-file",
             env,
