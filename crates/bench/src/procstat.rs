@@ -33,14 +33,57 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 
 /// utime + stime of a running process (all its threads), seconds.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces; the fields after its closing parenthesis do not.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // Fields 14 and 15 of stat(5), counted after pid and comm: indexes 11 and 12.
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / clock_ticks())
+    let stat = Stat::read(pid)?;
+    Some((stat.utime + stat.stime) / clock_ticks())
+}
+
+/// CPU seconds of a process and all its descendants, living or reaped: a database
+/// server's connections come and go as processes of their own (PostgreSQL), and
+/// one that has ended is counted in its parent's cutime/cstime once reaped.
+pub fn tree_cpu_seconds(root: u32) -> Option<f64> {
+    let all: Vec<(u32, Stat)> = std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| Some((pid, Stat::read(pid)?)))
+        .collect();
+    let mut tree = vec![root];
+    let mut ticks = 0.0;
+    let mut found = false;
+    while let Some(pid) = tree.pop() {
+        if let Some((_, s)) = all.iter().find(|(p, _)| *p == pid) {
+            found = true;
+            ticks += s.utime + s.stime + s.cutime + s.cstime;
+        }
+        tree.extend(all.iter().filter(|(_, s)| s.ppid == pid).map(|(p, _)| *p));
+    }
+    found.then(|| ticks / clock_ticks())
+}
+
+/// The fields of /proc/PID/stat used here, in clock ticks.
+struct Stat {
+    ppid: u32,
+    utime: f64,
+    stime: f64,
+    cutime: f64,
+    cstime: f64,
+}
+
+impl Stat {
+    fn read(pid: u32) -> Option<Stat> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name may hold spaces; the fields after its closing parenthesis do not.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // Fields 4 and 14 to 17 of stat(5), counted after pid and comm: indexes 1 and 11 to 14.
+        let num = |i: usize| fields.get(i)?.parse::<f64>().ok();
+        Some(Stat {
+            ppid: fields.get(1)?.parse().ok()?,
+            utime: num(11)?,
+            stime: num(12)?,
+            cutime: num(13)?,
+            cstime: num(14)?,
+        })
+    }
 }
 
 fn clock_ticks() -> f64 {
@@ -157,6 +200,25 @@ mod tests {
         assert!(rss_kib(me).unwrap() > 0);
         assert!(cpu_seconds(me).unwrap() >= 0.0);
         assert!(open_file_limit(me).unwrap() > 0);
+    }
+
+    #[test]
+    fn a_tree_counts_its_reaped_children() {
+        let me = std::process::id();
+        let (before, own_before) = (tree_cpu_seconds(me).unwrap(), cpu_seconds(me).unwrap());
+        // A child that burns CPU and is reaped: its time moves into our cstime/cutime.
+        let status = std::process::Command::new("sh")
+            .args(["-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let (after, own_after) = (tree_cpu_seconds(me).unwrap(), cpu_seconds(me).unwrap());
+        let children = (after - before) - (own_after - own_before);
+        assert!(
+            children >= 0.05,
+            "{before} -> {after}, own {own_before} -> {own_after}"
+        );
+        assert!(tree_cpu_seconds(u32::MAX).is_none());
     }
 
     #[test]

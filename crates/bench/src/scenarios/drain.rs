@@ -7,6 +7,7 @@ use super::Ctx;
 use crate::broker::Endpoint;
 use crate::consumers::{Consumer, Drained, Run, Sink};
 use crate::loadgen::{self, Load, Published};
+use crate::procstat;
 use crate::report::Row;
 use crate::report::Section;
 use anyhow::{bail, Result};
@@ -47,6 +48,11 @@ pub struct Entrant<'a> {
     pub stored: Vec<Option<u64>>,
     /// The fastest round.
     pub best: Option<Drained>,
+    /// Other processes whose CPU the drain costs (the broker, a database server):
+    /// name and process id, the whole process tree counted.
+    pub watched: Vec<(String, u32)>,
+    /// CPU seconds per message of each watched process, per round (NaN when unknown).
+    pub watched_cpu: Vec<Vec<f64>>,
 }
 
 impl<'a> Entrant<'a> {
@@ -60,7 +66,18 @@ impl<'a> Entrant<'a> {
             rates: Vec::new(),
             stored: Vec::new(),
             best: None,
+            watched: Vec::new(),
+            watched_cpu: Vec::new(),
         }
+    }
+
+    /// Also counts the CPU that the process tree of `pid` spends during each drain.
+    pub fn watch(mut self, name: &str, pid: Option<u32>) -> Entrant<'a> {
+        if let Some(pid) = pid {
+            self.watched.push((name.to_string(), pid));
+            self.watched_cpu.push(Vec::new());
+        }
+        self
     }
 
     /// The collector storing into what `sink` makes each round, under its own client id.
@@ -96,16 +113,18 @@ impl<'a> Entrant<'a> {
                     .join("/"),
             )
         };
-        Some(
-            Row::new(self.label.clone())
-                .set("msg/s", d.rate())
-                .set_opt("median msg/s", self.median())
-                .set("seconds", d.elapsed.as_secs_f64())
-                .set("runs msg/s", runs)
-                .set("cpu us/msg", d.cpu * 1e6 / d.messages as f64)
-                .set("max RSS MiB", d.max_rss_kib as f64 / 1024.0)
-                .set_opt("stored", stored),
-        )
+        let mut row = Row::new(self.label.clone())
+            .set("msg/s", d.rate())
+            .set_opt("median msg/s", self.median())
+            .set("seconds", d.elapsed.as_secs_f64())
+            .set("runs msg/s", runs)
+            .set("cpu us/msg", d.cpu * 1e6 / d.messages as f64)
+            .set("max RSS MiB", d.max_rss_kib as f64 / 1024.0)
+            .set_opt("stored", stored);
+        for ((name, _), cpu) in self.watched.iter().zip(&self.watched_cpu) {
+            row = row.set_opt(&format!("{name} cpu us/msg"), median(cpu).map(|c| c * 1e6));
+        }
+        Some(row)
     }
 }
 
@@ -171,7 +190,20 @@ pub fn run_rounds(
                     s.command(run.line.clone());
                 }
                 let timeout = Duration::from_secs(30) + Duration::from_secs_f64(n as f64 / 1000.0);
+                let tree_cpu = |e: &Entrant| -> Vec<Option<f64>> {
+                    e.watched
+                        .iter()
+                        .map(|(_, pid)| procstat::tree_cpu_seconds(*pid))
+                        .collect()
+                };
+                let before = tree_cpu(e);
                 let d = run.drain(timeout)?;
+                for ((b, a), per_round) in before.iter().zip(tree_cpu(e)).zip(&mut e.watched_cpu) {
+                    per_round.push(match (b, a) {
+                        (Some(b), Some(a)) => (a - b) / n as f64,
+                        _ => f64::NAN,
+                    });
+                }
                 stored = d.stored;
                 if let Some(k) = d.stored.filter(|k| *k != n) {
                     bail!("FAILED: {k} messages stored, not {n}");
