@@ -112,10 +112,16 @@ fn postgres_over_tls_with_verify_full() {
         .status
         .success());
     assert_pg_complete(&pg, &expected(2, |_| 1..=20));
-    assert_eq!(
-        pg.psql("SELECT count(*) FROM pg_stat_ssl WHERE ssl"),
-        "1",
-        "the collector's connection is not encrypted"
+    // One connection per lane (--pipeline), each made when its lane first writes.
+    let conns = pg.psql(
+        "SELECT count(*) FILTER (WHERE s.ssl) || ' ' || count(*) FILTER (WHERE NOT s.ssl) \
+         FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.application_name LIKE 'mqtt-collector%'",
+    );
+    let (encrypted, plain) = conns.split_once(' ').unwrap();
+    assert!(
+        encrypted.parse::<u32>().unwrap() >= 1 && plain == "0",
+        "the collector's connections, encrypted and not: {conns}"
     );
     stack.stop_collector();
 }
