@@ -33,14 +33,76 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 
 /// utime + stime of a running process (all its threads), seconds.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    stat(pid).map(|(_, cpu)| cpu)
+}
+
+/// The parent and the CPU seconds (utime + stime) of a running process.
+fn stat(pid: u32) -> Option<(u32, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces; the fields after its closing parenthesis do not.
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    // Fields 14 and 15 of stat(5), counted after pid and comm: indexes 11 and 12.
+    // Fields 4, 14 and 15 of stat(5), counted after pid and comm: indexes 1, 11 and 12.
+    let ppid: u32 = fields.get(1)?.parse().ok()?;
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / clock_ticks())
+    Some((ppid, (utime + stime) / clock_ticks()))
+}
+
+/// CPU seconds of `root` and of every live process below it, by pid: a server that
+/// forks a process per connection (PostgreSQL) counted as a whole. A process that
+/// ended is not in it any more.
+pub fn tree_cpu(root: u32) -> std::collections::BTreeMap<u32, f64> {
+    let all: Vec<(u32, u32, f64)> = std::fs::read_dir("/proc")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .filter_map(|pid| stat(pid).map(|(ppid, cpu)| (pid, ppid, cpu)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut tree = std::collections::BTreeMap::new();
+    if let Some((_, _, cpu)) = all.iter().find(|(pid, _, _)| *pid == root) {
+        tree.insert(root, *cpu);
+    }
+    loop {
+        let before = tree.len();
+        for (pid, ppid, cpu) in &all {
+            if tree.contains_key(ppid) {
+                tree.insert(*pid, *cpu);
+            }
+        }
+        if tree.len() == before {
+            return tree;
+        }
+    }
+}
+
+/// CPU seconds the processes of `later` used since `earlier` (both from [`tree_cpu`]);
+/// a process started in between counts from zero.
+pub fn tree_cpu_since(
+    earlier: &std::collections::BTreeMap<u32, f64>,
+    later: &std::collections::BTreeMap<u32, f64>,
+) -> f64 {
+    later
+        .iter()
+        .map(|(pid, cpu)| cpu - earlier.get(pid).copied().unwrap_or(0.0))
+        .sum()
+}
+
+/// The machine's CPU time from /proc/stat, in clock ticks summed over every core:
+/// (busy, all). Busy is everything but idle and iowait.
+pub fn machine_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    let all: u64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4)?;
+    Some((all - idle, all))
 }
 
 fn clock_ticks() -> f64 {
@@ -157,6 +219,23 @@ mod tests {
         assert!(rss_kib(me).unwrap() > 0);
         assert!(cpu_seconds(me).unwrap() >= 0.0);
         assert!(open_file_limit(me).unwrap() > 0);
+        let (busy, all) = machine_ticks().unwrap();
+        assert!(busy <= all && all > 0);
+    }
+
+    #[test]
+    // wait_until reaps the child with wait4, which clippy cannot see.
+    #[allow(clippy::zombie_processes)]
+    fn a_tree_holds_the_children() {
+        let me = std::process::id();
+        let child = std::process::Command::new("sleep")
+            .arg("10")
+            .spawn()
+            .unwrap();
+        let tree = tree_cpu(me);
+        assert!(tree.contains_key(&me) && tree.contains_key(&child.id()));
+        assert!(tree_cpu_since(&tree, &tree_cpu(me)) >= 0.0);
+        terminate(&child, Duration::from_secs(5)).unwrap();
     }
 
     #[test]
