@@ -33,60 +33,57 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 
 /// utime + stime of a running process (all its threads), seconds.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
-    stat(pid).map(|(_, cpu)| cpu)
+    let stat = Stat::read(pid)?;
+    Some((stat.utime + stat.stime) / clock_ticks())
 }
 
-/// The parent and the CPU seconds (utime + stime) of a running process.
-fn stat(pid: u32) -> Option<(u32, f64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces; the fields after its closing parenthesis do not.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // Fields 4, 14 and 15 of stat(5), counted after pid and comm: indexes 1, 11 and 12.
-    let ppid: u32 = fields.get(1)?.parse().ok()?;
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((ppid, (utime + stime) / clock_ticks()))
+/// CPU seconds of a process and all its descendants, living or reaped: a database
+/// server's connections come and go as processes of their own (PostgreSQL), and
+/// one that has ended is counted in its parent's cutime/cstime once reaped.
+pub fn tree_cpu_seconds(root: u32) -> Option<f64> {
+    let all: Vec<(u32, Stat)> = std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| Some((pid, Stat::read(pid)?)))
+        .collect();
+    let mut tree = vec![root];
+    let mut ticks = 0.0;
+    let mut found = false;
+    while let Some(pid) = tree.pop() {
+        if let Some((_, s)) = all.iter().find(|(p, _)| *p == pid) {
+            found = true;
+            ticks += s.utime + s.stime + s.cutime + s.cstime;
+        }
+        tree.extend(all.iter().filter(|(_, s)| s.ppid == pid).map(|(p, _)| *p));
+    }
+    found.then(|| ticks / clock_ticks())
 }
 
-/// CPU seconds of `root` and of every live process below it, by pid: a server that
-/// forks a process per connection (PostgreSQL) counted as a whole. A process that
-/// ended is not in it any more.
-pub fn tree_cpu(root: u32) -> std::collections::BTreeMap<u32, f64> {
-    let all: Vec<(u32, u32, f64)> = std::fs::read_dir("/proc")
-        .map(|dir| {
-            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                .filter_map(|pid| stat(pid).map(|(ppid, cpu)| (pid, ppid, cpu)))
-                .collect()
+/// The fields of /proc/PID/stat used here, in clock ticks.
+struct Stat {
+    ppid: u32,
+    utime: f64,
+    stime: f64,
+    cutime: f64,
+    cstime: f64,
+}
+
+impl Stat {
+    fn read(pid: u32) -> Option<Stat> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name may hold spaces; the fields after its closing parenthesis do not.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // Fields 4 and 14 to 17 of stat(5), counted after pid and comm: indexes 1 and 11 to 14.
+        let num = |i: usize| fields.get(i)?.parse::<f64>().ok();
+        Some(Stat {
+            ppid: fields.get(1)?.parse().ok()?,
+            utime: num(11)?,
+            stime: num(12)?,
+            cutime: num(13)?,
+            cstime: num(14)?,
         })
-        .unwrap_or_default();
-    let mut tree = std::collections::BTreeMap::new();
-    if let Some((_, _, cpu)) = all.iter().find(|(pid, _, _)| *pid == root) {
-        tree.insert(root, *cpu);
     }
-    loop {
-        let before = tree.len();
-        for (pid, ppid, cpu) in &all {
-            if tree.contains_key(ppid) {
-                tree.insert(*pid, *cpu);
-            }
-        }
-        if tree.len() == before {
-            return tree;
-        }
-    }
-}
-
-/// CPU seconds the processes of `later` used since `earlier` (both from [`tree_cpu`]);
-/// a process started in between counts from zero.
-pub fn tree_cpu_since(
-    earlier: &std::collections::BTreeMap<u32, f64>,
-    later: &std::collections::BTreeMap<u32, f64>,
-) -> f64 {
-    later
-        .iter()
-        .map(|(pid, cpu)| cpu - earlier.get(pid).copied().unwrap_or(0.0))
-        .sum()
 }
 
 /// The machine's CPU time from /proc/stat, in clock ticks summed over every core:
@@ -224,18 +221,22 @@ mod tests {
     }
 
     #[test]
-    // wait_until reaps the child with wait4, which clippy cannot see.
-    #[allow(clippy::zombie_processes)]
-    fn a_tree_holds_the_children() {
+    fn a_tree_counts_its_reaped_children() {
         let me = std::process::id();
-        let child = std::process::Command::new("sleep")
-            .arg("10")
-            .spawn()
+        let (before, own_before) = (tree_cpu_seconds(me).unwrap(), cpu_seconds(me).unwrap());
+        // A child that burns CPU and is reaped: its time moves into our cstime/cutime.
+        let status = std::process::Command::new("sh")
+            .args(["-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done"])
+            .status()
             .unwrap();
-        let tree = tree_cpu(me);
-        assert!(tree.contains_key(&me) && tree.contains_key(&child.id()));
-        assert!(tree_cpu_since(&tree, &tree_cpu(me)) >= 0.0);
-        terminate(&child, Duration::from_secs(5)).unwrap();
+        assert!(status.success());
+        let (after, own_after) = (tree_cpu_seconds(me).unwrap(), cpu_seconds(me).unwrap());
+        let children = (after - before) - (own_after - own_before);
+        assert!(
+            children >= 0.05,
+            "{before} -> {after}, own {own_before} -> {own_after}"
+        );
+        assert!(tree_cpu_seconds(u32::MAX).is_none());
     }
 
     #[test]

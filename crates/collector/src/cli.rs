@@ -70,6 +70,9 @@ pub struct RunArgs {
     /// Most messages committed in one transaction
     #[arg(long, value_name = "N", default_value_t = 250, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_size: u32,
+    /// Batches committed at the same time when PostgreSQL or InfluxDB is a store, each on its own connection to each server, so the server works on one while the next is on its way (acknowledgements still go out in arrival order); always 1 with only SQLite
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub pipeline: u32,
     /// Longest time a batch stays open while messages keep arriving (a batch is committed at once when no more input is waiting)
     #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
     pub flush_interval: Duration,

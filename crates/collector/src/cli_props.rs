@@ -10,6 +10,7 @@ const FLAGS: &[&[&str]] = &[
     &["--db"],
     &["--topic"],
     &["--batch-size"],
+    &["--pipeline"],
     &["--flush-interval"],
     &["--sync"],
     &["--max-payload"],

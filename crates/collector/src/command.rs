@@ -9,7 +9,7 @@ use crate::ready::ReadyState;
 use crate::store::influx;
 use crate::store::postgres::PostgresStore;
 use crate::store::{
-    self, Fanout, Lazy, Retrying, Store, StoreError, StoreHealth, StoreWorker, SyncMode,
+    self, Fanout, Lazy, Retrying, Shared, Store, StoreError, StoreHealth, StoreWorker, SyncMode,
 };
 use crate::{certgen as certs, stats as report};
 use mqtt_core::{exit, PermanentFailure, Settings};
@@ -159,18 +159,20 @@ pub fn prepare_run(args: RunArgs) -> Result<RunPlan, CommandError> {
     let metrics = Metrics::default();
     let cancel = CancellationToken::new();
     let health = StoreHealth::default();
-    let mut stores: Vec<Box<dyn Store>> = Vec::new();
     let mut names = Vec::new();
-    if let Some(db) = &choice.sqlite {
-        // An unusable --db is a bad argument (contract section 6), as device-sim's --queue is.
-        let sqlite = store::SqliteStore::open(db, sync).map_err(config)?;
-        stores.push(Box::new(Counted::new(
-            Box::new(sqlite),
-            "sqlite",
-            metrics.clone(),
-        )));
-        names.push(format!("SQLite {} (sync {sync:?})", db.display()));
-    }
+    let sqlite = match &choice.sqlite {
+        Some(db) => {
+            // An unusable --db is a bad argument (contract section 6), as device-sim's --queue is.
+            let sqlite = store::SqliteStore::open(db, sync).map_err(config)?;
+            names.push(format!("SQLite {} (sync {sync:?})", db.display()));
+            Some(Shared::new(Box::new(Counted::new(
+                Box::new(sqlite),
+                "sqlite",
+                metrics.clone(),
+            ))))
+        }
+        None => None,
+    };
     // Counted inside Retrying: every failed attempt is a store error.
     let retrying = |s: Box<dyn Store>, name: &'static str, label: &'static str| -> Box<dyn Store> {
         Box::new(Retrying::new(
@@ -181,46 +183,73 @@ pub fn prepare_run(args: RunArgs) -> Result<RunPlan, CommandError> {
             health.clone(),
         ))
     };
-    if let Some(url) = choice.postgres.clone() {
-        let id = client_id.clone();
+    if let Some(url) = &choice.postgres {
         // A malformed URL is a bad argument (exit 2), not a refusing server.
-        store::postgres::PostgresUrl::parse(&url).map_err(config)?;
-        let pg = Lazy::new("PostgreSQL", move || PostgresStore::connect(&url, &id))
-            .map_err(store_refused)?;
-        stores.push(retrying(Box::new(pg), "PostgreSQL", "postgresql"));
+        store::postgres::PostgresUrl::parse(url).map_err(config)?;
         names.push("PostgreSQL".to_string());
     }
-    if let Some((url, target, measurement, tag)) = choice.influx {
-        let target = match target {
-            cli::InfluxTarget::V1 {
-                db,
-                username,
-                password,
-            } => influx::InfluxTarget::V1 {
-                db,
-                username,
-                password: password.map(SecretString::from),
-            },
-            cli::InfluxTarget::V2 { bucket, org, token } => influx::InfluxTarget::V2 {
-                bucket,
-                org,
-                token: SecretString::from(token),
-            },
-        };
-        let mut cfg =
-            influx::InfluxConfig::new(url, target, tag.unwrap_or_else(|| client_id.clone()));
-        cfg.measurement = measurement;
-        names.push(format!("InfluxDB {}", cfg.url));
-        cfg.ca_file = env.get("INFLUXDB_CA_CERTS").map(std::path::PathBuf::from);
-        // new() sends nothing: whatever it refuses is the configuration (exit 2).
-        let store = influx::InfluxStore::new(cfg).map_err(config)?;
-        stores.push(retrying(Box::new(store), "InfluxDB", "influxdb"));
-    }
-    let store: Box<dyn Store> = if stores.len() == 1 {
-        stores.pop().expect("one store")
-    } else {
-        Box::new(Fanout::new(stores))
+    let influx = match choice.influx {
+        Some((url, target, measurement, tag)) => {
+            let target = match target {
+                cli::InfluxTarget::V1 {
+                    db,
+                    username,
+                    password,
+                } => influx::InfluxTarget::V1 {
+                    db,
+                    username,
+                    password: password.map(SecretString::from),
+                },
+                cli::InfluxTarget::V2 { bucket, org, token } => influx::InfluxTarget::V2 {
+                    bucket,
+                    org,
+                    token: SecretString::from(token),
+                },
+            };
+            let mut cfg =
+                influx::InfluxConfig::new(url, target, tag.unwrap_or_else(|| client_id.clone()));
+            cfg.measurement = measurement;
+            names.push(format!("InfluxDB {}", cfg.url));
+            cfg.ca_file = env.get("INFLUXDB_CA_CERTS").map(std::path::PathBuf::from);
+            Some(cfg)
+        }
+        None => None,
     };
+    // SQLite takes one writer at a time: lanes pay off only with a server store.
+    let lanes = if choice.postgres.is_some() || influx.is_some() {
+        args.pipeline.max(1)
+    } else {
+        1
+    };
+    let mut lane_stores = Vec::new();
+    for lane in 0..lanes {
+        let mut stores: Vec<Box<dyn Store>> = Vec::new();
+        if let Some(sqlite) = &sqlite {
+            stores.push(Box::new(sqlite.clone()));
+        }
+        if let Some(url) = choice.postgres.clone() {
+            let id = client_id.clone();
+            let connect = move || PostgresStore::connect(&url, &id);
+            // The first lane connects now, so a refusal ends the collector before it
+            // subscribes; the others connect at their first batch.
+            let pg = if lane == 0 {
+                Lazy::new("PostgreSQL", connect).map_err(store_refused)?
+            } else {
+                Lazy::later(connect)
+            };
+            stores.push(retrying(Box::new(pg), "PostgreSQL", "postgresql"));
+        }
+        if let Some(cfg) = &influx {
+            // new() sends nothing: whatever it refuses is the configuration (exit 2).
+            let store = influx::InfluxStore::new(cfg.clone()).map_err(config)?;
+            stores.push(retrying(Box::new(store), "InfluxDB", "influxdb"));
+        }
+        lane_stores.push(if stores.len() == 1 {
+            stores.pop().expect("one store")
+        } else {
+            Box::new(Fanout::new(stores)) as Box<dyn Store>
+        });
+    }
     let cfg = IngestConfig {
         client_id,
         topics,
@@ -240,8 +269,12 @@ pub fn prepare_run(args: RunArgs) -> Result<RunPlan, CommandError> {
     Ok(RunPlan {
         settings,
         cfg,
-        store: StoreWorker::spawn(store),
-        stores: names.join(", "),
+        store: StoreWorker::spawn_lanes(lane_stores),
+        stores: if lanes > 1 {
+            format!("{} ({lanes} batches at a time)", names.join(", "))
+        } else {
+            names.join(", ")
+        },
         cancel,
         endpoint,
     })

@@ -113,6 +113,15 @@ impl InfluxDb {
         self.child.as_mut().is_some_and(ChildGuard::is_running)
     }
 
+    /// influxd's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child
+            .as_ref()?
+            .child
+            .as_ref()
+            .map(std::process::Child::id)
+    }
+
     /// `http://127.0.0.1:PORT`, or `https://localhost:PORT` with TLS.
     pub fn url(&self) -> String {
         match self.ca_crt {

@@ -7,6 +7,7 @@ use super::Ctx;
 use crate::broker::Endpoint;
 use crate::consumers::{Consumer, Drained, Run, Sink};
 use crate::loadgen::{self, Load, Published};
+use crate::procstat;
 use crate::report::Row;
 use crate::report::Section;
 use anyhow::{bail, Result};
@@ -47,6 +48,11 @@ pub struct Entrant<'a> {
     pub stored: Vec<Option<u64>>,
     /// The fastest round.
     pub best: Option<Drained>,
+    /// Other processes whose CPU the drain costs (the broker, a database server):
+    /// name and process id, the whole process tree counted.
+    pub watched: Vec<(String, u32)>,
+    /// CPU seconds per message of each watched process, per round (NaN when unknown).
+    pub watched_cpu: Vec<Vec<f64>>,
 }
 
 impl<'a> Entrant<'a> {
@@ -60,7 +66,18 @@ impl<'a> Entrant<'a> {
             rates: Vec::new(),
             stored: Vec::new(),
             best: None,
+            watched: Vec::new(),
+            watched_cpu: Vec::new(),
         }
+    }
+
+    /// Also counts the CPU that the process tree of `pid` spends during each drain.
+    pub fn watch(mut self, name: &str, pid: Option<u32>) -> Entrant<'a> {
+        if let Some(pid) = pid {
+            self.watched.push((name.to_string(), pid));
+            self.watched_cpu.push(Vec::new());
+        }
+        self
     }
 
     /// The collector storing into what `sink` makes each round, under its own client id.
@@ -68,6 +85,29 @@ impl<'a> Entrant<'a> {
         self.slug = format!("{}-{slug}", self.consumer.slug());
         self.sink = Some(sink);
         self
+    }
+
+    /// CPU seconds of each watched process tree now, for [`Entrant::record_watched`].
+    pub fn watched_now(&self) -> Vec<Option<f64>> {
+        self.watched
+            .iter()
+            .map(|(_, pid)| procstat::tree_cpu_seconds(*pid))
+            .collect()
+    }
+
+    /// Records the CPU per message each watched process tree spent on `n` messages
+    /// since `before` (from [`Entrant::watched_now`]).
+    pub fn record_watched(&mut self, before: &[Option<f64>], n: u64) {
+        for ((b, a), per_round) in before
+            .iter()
+            .zip(self.watched_now())
+            .zip(&mut self.watched_cpu)
+        {
+            per_round.push(match (b, a) {
+                (Some(b), Some(a)) => (a - b) / n as f64,
+                _ => f64::NAN,
+            });
+        }
     }
 
     /// Keeps `d` if it is the fastest round so far (then true); its rate.
@@ -106,16 +146,18 @@ impl<'a> Entrant<'a> {
                     .join("/"),
             )
         };
-        Some(
-            Row::new(self.label.clone())
-                .set("msg/s", d.rate())
-                .set_opt("median msg/s", self.median())
-                .set("seconds", d.elapsed.as_secs_f64())
-                .set("runs msg/s", runs)
-                .set("cpu us/msg", d.cpu * 1e6 / d.messages as f64)
-                .set("max RSS MiB", d.max_rss_kib as f64 / 1024.0)
-                .set_opt("stored", stored),
-        )
+        let mut row = Row::new(self.label.clone())
+            .set("msg/s", d.rate())
+            .set_opt("median msg/s", self.median())
+            .set("seconds", d.elapsed.as_secs_f64())
+            .set("runs msg/s", runs)
+            .set("cpu us/msg", d.cpu * 1e6 / d.messages as f64)
+            .set("max RSS MiB", d.max_rss_kib as f64 / 1024.0)
+            .set_opt("stored", stored);
+        for ((name, _), cpu) in self.watched.iter().zip(&self.watched_cpu) {
+            row = row.set_opt(&format!("{name} cpu us/msg"), median(cpu).map(|c| c * 1e6));
+        }
+        Some(row)
     }
 }
 
@@ -185,7 +227,9 @@ pub fn run_rounds(
                 if round == 0 {
                     s.command(run.line.clone());
                 }
+                let before = e.watched_now();
                 let d = run.drain(timeout(n))?;
+                e.record_watched(&before, n);
                 stored = d.stored;
                 if let Some(k) = d.stored.filter(|k| *k != n) {
                     bail!("FAILED: {k} messages stored, not {n}");

@@ -53,54 +53,17 @@ struct Member {
 /// sum over the members and `max_rss_kib` the largest member's).
 struct Detail {
     members: Vec<Member>,
-    /// The broker, the database and the machine over the drain.
-    around: Used,
+    /// Busy share of all cores over the drain, percent (whoever used them).
+    machine_busy: f64,
     /// Messages a collector found already stored (the collector's `duplicates` counter).
     redelivered: u64,
 }
 
-/// A sample of the CPU around the collectors: Mosquitto's seconds, PostgreSQL's by
-/// process (a backend per connection, the WAL writer, ...), the machine's busy and
-/// total clock ticks.
-struct Around {
-    broker: f64,
-    postgres: BTreeMap<u32, f64>,
-    machine: Option<(u64, u64)>,
-}
-
-/// What was used between two [`Around`] samples.
-struct Used {
-    /// Mosquitto's CPU seconds.
-    broker: f64,
-    /// CPU seconds of the PostgreSQL processes alive at the end.
-    postgres: f64,
-    /// Busy share of all cores, in percent (the other engineers' load included).
-    machine_busy: f64,
-}
-
-impl Around {
-    fn take(broker: &Broker, pg: &Postgres) -> Around {
-        Around {
-            broker: broker
-                .pid()
-                .and_then(procstat::cpu_seconds)
-                .unwrap_or(f64::NAN),
-            postgres: pg.pid().map(procstat::tree_cpu).unwrap_or_default(),
-            machine: procstat::machine_ticks(),
-        }
-    }
-
-    fn until(&self, later: &Around) -> Used {
-        Used {
-            broker: later.broker - self.broker,
-            postgres: procstat::tree_cpu_since(&self.postgres, &later.postgres),
-            machine_busy: match (self.machine, later.machine) {
-                (Some((b0, a0)), Some((b1, a1))) if a1 > a0 => {
-                    (b1 - b0) as f64 * 100.0 / (a1 - a0) as f64
-                }
-                _ => f64::NAN,
-            },
-        }
+/// Percent of all cores busy between two [`procstat::machine_ticks`] samples.
+fn busy_percent(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> f64 {
+    match (before, after) {
+        (Some((b0, a0)), Some((b1, a1))) if a1 > a0 => (b1 - b0) as f64 * 100.0 / (a1 - a0) as f64,
+        _ => f64::NAN,
     }
 }
 
@@ -113,6 +76,8 @@ struct Group<'a> {
     entrant: Entrant<'a>,
     /// The fastest round's details.
     best: Option<Detail>,
+    /// Busy share of all cores per round, percent.
+    machine_busy: Vec<f64>,
     /// The collector's `duplicates` counter after each round (None if the round failed earlier).
     redelivered: Vec<Option<u64>>,
 }
@@ -151,8 +116,11 @@ fn run_all(ctx: &Ctx, s: &mut Section) -> Result<()> {
             entrant: Entrant::new(
                 format!("{k} collector{}", if k == 1 { "" } else { "s" }),
                 Consumer::Collector,
-            ),
+            )
+            .watch("broker", broker.pid())
+            .watch("PostgreSQL", pg.pid()),
             best: None,
+            machine_busy: Vec::new(),
             redelivered: Vec::new(),
         })
         .collect();
@@ -168,10 +136,10 @@ fn run_all(ctx: &Ctx, s: &mut Section) -> Result<()> {
         PG_SETTINGS.join(", ")
     ));
     s.note(format!(
-        "this machine has {cores} cores, shared by Mosquitto (one thread), PostgreSQL (a process per connection), every member and whatever else runs: the members add no CPU, so these ratios are not the speed-up separate machines would give, and on {cores} cores scaling out shows its overhead. The one thing more members can still do on the same cores is overlap commits: a member has one transaction in flight at a time (the next batch fills while it commits), so a lone member leaves the cores partly idle while it waits for PostgreSQL; past the point where the cores are busy, another member only adds overhead (a connection, a PostgreSQL backend, concurrent transactions on the same table and index, a process to schedule). CPU per instance, the broker's and PostgreSQL's CPU per message and machine busy % show which of the two a ratio is"
+        "this machine has {cores} cores, shared by Mosquitto (one thread), PostgreSQL (a process per connection), every member and whatever else runs: the members add no CPU, so these ratios are not the speed-up separate machines would give, and on {cores} cores scaling out shows its overhead. A ratio above 1 can only come from cores a lone member leaves idle while it waits for its commits (it keeps --pipeline transactions in flight, 4 by default); once the cores are busy, another member only adds overhead (a connection, a PostgreSQL backend, concurrent transactions on the same table and index, a process to schedule). CPU per instance, the broker's and PostgreSQL's CPU per message and machine busy % show which of the two a ratio is"
     ));
     s.note(
-        "from each size's fastest round: seconds, cpu us/msg (all members together), max RSS MiB (the largest member), CPU s and rows per instance, broker and PostgreSQL cpu us/msg and machine busy %; CPU is sampled when the Nth row is seen, before SIGTERM; broker and PostgreSQL cpu us/msg = Mosquitto's and every PostgreSQL process's CPU over the same span (the benchmark's own progress queries included); machine busy % = share of all cores busy over that span (/proc/stat, whoever used them)",
+        "from each size's fastest round: seconds, cpu us/msg (all members together), max RSS MiB (the largest member), CPU s and rows per instance; CPU is sampled when the Nth row is seen, before SIGTERM. Medians of the rounds: broker and PostgreSQL cpu us/msg (Mosquitto's and the whole PostgreSQL process tree's CPU over the same span, the benchmark's own progress queries included) and machine busy % (share of all cores busy over that span, /proc/stat, whoever used them)",
     );
 
     let load = drain::load(n);
@@ -180,21 +148,13 @@ fn run_all(ctx: &Ctx, s: &mut Section) -> Result<()> {
         for g in groups.iter_mut() {
             let mut stored = None;
             let mut redelivered = None;
+            let mut busy = f64::NAN;
             let attempt = (|| -> Result<f64> {
-                let (d, detail) = drain_group(
-                    ctx,
-                    s,
-                    &broker,
-                    &ep,
-                    &pg,
-                    &dir,
-                    g,
-                    round,
-                    &load,
-                    &mut publishes,
-                )?;
+                let (d, detail) =
+                    drain_group(ctx, s, &ep, &pg, &dir, g, round, &load, &mut publishes)?;
                 stored = d.stored;
                 redelivered = Some(detail.redelivered);
+                busy = detail.machine_busy;
                 if let Some(k) = d.stored.filter(|k| *k != n) {
                     bail!("FAILED: {k} messages stored, not {n}");
                 }
@@ -206,6 +166,7 @@ fn run_all(ctx: &Ctx, s: &mut Section) -> Result<()> {
             })();
             g.entrant.stored.push(stored);
             g.redelivered.push(redelivered);
+            g.machine_busy.push(busy);
             g.entrant
                 .rates
                 .push(attempt.as_ref().copied().unwrap_or(f64::NAN));
@@ -225,7 +186,6 @@ fn run_all(ctx: &Ctx, s: &mut Section) -> Result<()> {
 fn drain_group(
     ctx: &Ctx,
     s: &mut Section,
-    broker: &Broker,
     ep: &Endpoint,
     pg: &Postgres,
     dir: &Path,
@@ -260,7 +220,8 @@ fn drain_group(
         cmds.push(cmd);
     }
 
-    let before = Around::take(broker, pg);
+    let watched = g.entrant.watched_now();
+    let machine = procstat::machine_ticks();
     let start = Instant::now();
     let mut children: Vec<Child> = Vec::new();
     for cmd in &mut cmds {
@@ -283,7 +244,8 @@ fn drain_group(
         &mut sink.progress,
     )?;
     let elapsed = done.duration_since(start);
-    let around = before.until(&Around::take(broker, pg));
+    let machine_busy = busy_percent(machine, procstat::machine_ticks());
+    g.entrant.record_watched(&watched, n);
     let cpu: Vec<f64> = children
         .iter()
         .map(|c| procstat::cpu_seconds(c.id()).unwrap_or(f64::NAN))
@@ -327,7 +289,7 @@ fn drain_group(
         .parse()
         .context("reading the duplicates counter")?;
     let detail = Detail {
-        around,
+        machine_busy,
         redelivered,
         members,
     };
@@ -397,12 +359,7 @@ fn report(s: &mut Section, groups: &[Group], publishes: &[Published], n: u64) {
                 "rows per instance",
                 joined(&detail.members, |m| m.rows.to_string()),
             )
-            .set("broker cpu us/msg", detail.around.broker * 1e6 / n as f64)
-            .set(
-                "PostgreSQL cpu us/msg",
-                detail.around.postgres * 1e6 / n as f64,
-            )
-            .set("machine busy %", detail.around.machine_busy)
+            .set_opt("machine busy %", drain::median(&g.machine_busy))
             .set(
                 "redelivered",
                 joined(&g.redelivered, |r| r.map_or("?".into(), |r| r.to_string())),

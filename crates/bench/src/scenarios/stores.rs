@@ -62,22 +62,30 @@ fn run_all(ctx: &Ctx, s: &mut Section) -> Result<()> {
     if let Some(pg) = &pg {
         entrants.push(
             Entrant::new("collector, PostgreSQL", Consumer::Collector)
-                .with_sink("postgres", postgres_sink(ctx, pg, n, "postgres", false)),
+                .with_sink("postgres", postgres_sink(ctx, pg, n, "postgres", false))
+                .watch(SERVER, pg.pid()),
         );
         entrants.push(
             Entrant::new(
                 "collector, PostgreSQL, synchronous_commit off",
                 Consumer::Collector,
             )
-            .with_sink("postgres-async", postgres_sink(ctx, pg, n, "async", true)),
+            .with_sink("postgres-async", postgres_sink(ctx, pg, n, "async", true))
+            .watch(SERVER, pg.pid()),
         );
     }
     if let Some(influx) = &influx {
         entrants.push(
             Entrant::new("collector, InfluxDB", Consumer::Collector)
-                .with_sink("influx", influx_sink(influx, n)),
+                .with_sink("influx", influx_sink(influx, n))
+                .watch(SERVER, influx.pid()),
         );
     }
+    // Where the CPU goes: with every core busy, it is what bounds each rate.
+    let mut entrants: Vec<Entrant> = entrants
+        .into_iter()
+        .map(|e| e.watch("broker", broker.pid()))
+        .collect();
     s.note(format!(
         "N = {n} messages per drain over plain TCP; load generator: {LOAD_CONNECTIONS} connections, window {LOAD_WINDOW} each, QoS 1, contract payloads (as in throughput); {rounds} round(s), consumers interleaved within a round; msg/s = best round, median msg/s = median round, ratios = median of the per-round ratios; elapsed = process start to the Nth message stored (connect and schema creation included)"
     ));
@@ -138,6 +146,9 @@ fn run_all(ctx: &Ctx, s: &mut Section) -> Result<()> {
     for note in notes {
         s.note(note);
     }
+    if let Some(note) = cpu_note(s) {
+        s.note(note);
+    }
     let incomplete: Vec<String> = entrants
         .iter()
         .filter(|e| e.consumer != Consumer::MosquittoSub)
@@ -155,6 +166,38 @@ fn run_all(ctx: &Ctx, s: &mut Section) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The column of the database server's CPU.
+const SERVER: &str = "server";
+
+/// CPU per message of the whole drain (collector, broker, database server) per
+/// store, and the rate ratio to SQLite that it allows when the cores are the limit.
+fn cpu_note(s: &Section) -> Option<String> {
+    let total = |label: &str| -> Option<f64> {
+        let row = s.find(label)?;
+        Some(
+            row.num("cpu us/msg")?
+                + row.num("broker cpu us/msg")?
+                + row.num(&format!("{SERVER} cpu us/msg")).unwrap_or(0.0),
+        )
+    };
+    let sqlite = total("collector, SQLite")?;
+    let parts: Vec<String> = ["collector, PostgreSQL", "collector, InfluxDB"]
+        .iter()
+        .filter_map(|label| {
+            let t = total(label)?;
+            Some(format!(
+                "{} {t:.1} us (at most {:.2} of SQLite's rate while the cores are the limit)",
+                label.trim_start_matches("collector, "),
+                sqlite / t
+            ))
+        })
+        .collect();
+    Some(format!(
+        "CPU per message of collector + broker + database server, all on these cores: SQLite {sqlite:.1} us; {}",
+        parts.join("; ")
+    ))
 }
 
 /// Issue 13: the drain with the metrics endpoint on, as a share of the drain without.

@@ -2,11 +2,13 @@
 //! in batches through the [`StoreWorker`], and acknowledge each one (PUBACK) only
 //! after the transaction holding it has committed, in arrival order.
 //!
-//! Batching: one transaction is in flight at a time. While it commits, the next
-//! batch fills (up to `batch_size`); when the commit returns, its messages are
-//! acknowledged and the next batch is committed at once. A batch never waits to
-//! fill up: Mosquitto lets a subscriber hold at most `max_inflight_messages`
-//! (default 20) unacknowledged, so waiting for more would only stall the broker.
+//! Batching: as many transactions are in flight as the store has lanes (one for
+//! SQLite alone; `--pipeline` for server stores). While they commit, the next
+//! batch fills (up to `batch_size`); when a lane is free, the open batch is
+//! committed at once. A batch never waits to fill up: Mosquitto lets a subscriber
+//! hold at most `max_inflight_messages` (default 20) unacknowledged, so waiting
+//! for more would only stall the broker. Batches are acknowledged in the order
+//! they were read, each only once it and every batch before it has committed.
 //!
 //! Acknowledgements of messages that arrived on an earlier connection are dropped:
 //! a packet id belongs to one connection, and the broker sends those messages again
@@ -31,6 +33,7 @@ use mqtt_core::connection::ConnectionOptions;
 use mqtt_core::message::unix_now;
 use mqtt_core::{spawn_connection, ConnectionEvent, PermanentFailure, Settings};
 use rumqttc::{Publish, QoS};
+use std::collections::VecDeque;
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::oneshot;
@@ -263,7 +266,8 @@ pub struct Ingest<A: Acker> {
     /// Bumped on every disconnect; acks of older epochs are dropped.
     epoch: u64,
     open: Batch,
-    in_flight: Option<InFlight>,
+    /// Oldest first: acknowledged in this order.
+    in_flight: VecDeque<InFlight>,
     interval: Interval,
     interval_start: Instant,
     idle_logged: bool,
@@ -284,7 +288,7 @@ impl<A: Acker> Ingest<A> {
             store,
             epoch: 0,
             open: Batch::default(),
-            in_flight: None,
+            in_flight: VecDeque::new(),
             interval: Interval::default(),
             interval_start: Instant::now(),
             idle_logged: false,
@@ -341,14 +345,14 @@ impl<A: Acker> Ingest<A> {
                 _ = cancel.cancelled() => return Ok(()),
                 // Draining: the session's backlog has stopped coming and all of it is committed.
                 _ = tokio::time::sleep_until(self.last_activity + self.cfg.drain.unwrap_or_default()),
-                    if self.cfg.drain.is_some() && self.connected && self.in_flight.is_none() && self.open.is_empty() => {
+                    if self.cfg.drain.is_some() && self.connected && self.in_flight.is_empty() && self.open.is_empty() => {
                     if self.last_activity.elapsed() >= self.cfg.drain.unwrap_or_default() {
                         info!("nothing more arrived for {:?}: the session is drained", self.cfg.drain.unwrap_or_default());
                         return Ok(());
                     }
                 }
-                result = async { (&mut self.in_flight.as_mut().expect("guarded").result).await }, if self.in_flight.is_some() => {
-                    let done = self.in_flight.take().expect("guarded");
+                result = async { (&mut self.in_flight.front_mut().expect("guarded").result).await }, if !self.in_flight.is_empty() => {
+                    let done = self.in_flight.pop_front().expect("guarded");
                     self.finish(done, result, true).await?;
                     self.ready.refresh();
                 }
@@ -362,9 +366,9 @@ impl<A: Acker> Ingest<A> {
                     self.log_status();
                 }
             }
-            // No input waiting, the batch full or old enough: commit now, unless a
-            // transaction is running (then this batch goes as soon as it returns).
-            if self.in_flight.is_none() && !self.open.is_empty() {
+            // No input waiting, the batch full or old enough: commit now, unless every
+            // lane is busy (then this batch goes as soon as the oldest returns).
+            if self.in_flight.len() < self.store.lanes() && !self.open.is_empty() {
                 self.commit();
             }
         }
@@ -412,7 +416,8 @@ impl<A: Acker> Ingest<A> {
                 self.ready.set(false);
                 self.cfg.metrics.connected(false, false);
                 self.epoch += 1;
-                let unacked = self.open.len() + self.in_flight.as_ref().map_or(0, |f| f.size);
+                let unacked =
+                    self.open.len() + self.in_flight.iter().map(|f| f.size).sum::<usize>();
                 if unacked > 0 {
                     info!(
                         "connection lost ({reason}) with {unacked} messages not yet acknowledged; they are stored and the broker will send them again"
@@ -477,7 +482,7 @@ impl<A: Acker> Ingest<A> {
             })
             .collect();
         let size = batch.records.len();
-        self.in_flight = Some(InFlight {
+        self.in_flight.push_back(InFlight {
             result: self.store.write(batch.records),
             acks: batch.acks,
             publish_ts,
@@ -537,18 +542,18 @@ impl<A: Acker> Ingest<A> {
 
     async fn drain_inner(&mut self, ack: bool) -> Result<(), StoreError> {
         loop {
-            if let Some(mut done) = self.in_flight.take() {
-                let result = (&mut done.result).await;
-                match self.finish(done, result, ack).await {
-                    Ok(()) => {}
-                    Err(IngestError::Store(e)) => return Err(e),
-                    Err(_) => return Err(StoreError::WorkerGone),
-                }
+            if !self.open.is_empty() && self.in_flight.len() < self.store.lanes() {
+                self.commit();
             }
-            if self.open.is_empty() {
+            let Some(mut done) = self.in_flight.pop_front() else {
                 return Ok(());
+            };
+            let result = (&mut done.result).await;
+            match self.finish(done, result, ack).await {
+                Ok(()) => {}
+                Err(IngestError::Store(e)) => return Err(e),
+                Err(_) => return Err(StoreError::WorkerGone),
             }
-            self.commit();
         }
     }
 

@@ -35,22 +35,28 @@ struct Control {
     /// While set, batch `n` (from 0) waits until `allowed > n`.
     hold: bool,
     allowed: usize,
+    /// Batch `n` waits while this is `Some(n)`, whatever `hold` says.
+    hold_only: Option<usize>,
     /// Batch `n` and every later one fail.
     fail_from: Option<usize>,
 }
 
+/// Each lane of the worker has one; they share what they report.
 struct FakeStore {
     control: Arc<(Mutex<Control>, Condvar)>,
-    seen: watch::Sender<Seen>,
+    seen: Arc<watch::Sender<Seen>>,
 }
 
 impl Store for FakeStore {
     fn write_batch(&mut self, batch: &[Record]) -> Result<WriteOutcome, StoreError> {
-        let n = self.seen.borrow().started;
-        self.seen.send_modify(|s| s.started += 1);
+        let mut n = 0;
+        self.seen.send_modify(|s| {
+            n = s.started;
+            s.started += 1;
+        });
         let (lock, cv) = &*self.control;
         let mut control = lock.lock().unwrap();
-        while control.hold && control.allowed <= n {
+        while (control.hold && control.allowed <= n) || control.hold_only == Some(n) {
             control = cv.wait(control).unwrap();
         }
         if control.fail_from.is_some_and(|k| n >= k) {
@@ -77,14 +83,19 @@ struct Fake {
 }
 
 impl Fake {
-    fn new() -> (Fake, StoreWorker) {
+    fn new(lanes: usize) -> (Fake, StoreWorker) {
         let control = Arc::new((Mutex::new(Control::default()), Condvar::new()));
         let (tx, seen) = watch::channel(Seen::default());
-        let store = FakeStore {
-            control: control.clone(),
-            seen: tx,
-        };
-        (Fake { control, seen }, StoreWorker::spawn(Box::new(store)))
+        let tx = Arc::new(tx);
+        let stores = (0..lanes)
+            .map(|_| {
+                Box::new(FakeStore {
+                    control: control.clone(),
+                    seen: tx.clone(),
+                }) as Box<dyn Store>
+            })
+            .collect();
+        (Fake { control, seen }, StoreWorker::spawn_lanes(stores))
     }
 
     fn change(&self, f: impl FnOnce(&mut Control)) {
@@ -100,7 +111,15 @@ impl Fake {
 
     /// Lets every batch through, now and later.
     fn release(&self) {
-        self.change(|c| c.hold = false);
+        self.change(|c| {
+            c.hold = false;
+            c.hold_only = None;
+        });
+    }
+
+    /// Only batch `n` (from 0) waits, until [`Fake::release`].
+    fn hold_only(&self, n: usize) {
+        self.change(|c| c.hold_only = Some(n));
     }
 
     fn fail_from(&self, batch: usize) {
@@ -219,7 +238,12 @@ impl Running {
     /// Starts the loop; events sent before the test's next `.await` are all waiting
     /// when the loop first reads.
     fn start(cfg: IngestConfig, prepare: impl FnOnce(&Fake)) -> Running {
-        let (store, worker) = Fake::new();
+        Running::start_lanes(cfg, 1, prepare)
+    }
+
+    /// Starts the loop on a store of `lanes` lanes.
+    fn start_lanes(cfg: IngestConfig, lanes: usize, prepare: impl FnOnce(&Fake)) -> Running {
+        let (store, worker) = Fake::new(lanes);
         prepare(&store);
         let (acks_tx, acks) = watch::channel(Vec::new());
         let acker = FakeAcker {
@@ -297,6 +321,42 @@ async fn acks_go_out_in_arrival_order_and_only_after_the_commit() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn with_lanes_a_later_batch_may_commit_first_but_acks_keep_arrival_order() {
+    let mut run = Running::start_lanes(config(2), 2, |f| f.hold_only(0));
+    for i in 1..=4 {
+        run.send(msg(i, i.into()));
+    }
+    let mut seen = run.store.seen.clone();
+    within(
+        "the second batch to commit",
+        seen.wait_for(|s| s.started == 2 && s.committed.len() == 1),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        seqs(&run.store.committed()[0]),
+        [3, 4],
+        "the second batch, beside the held first"
+    );
+    settle().await;
+    assert!(
+        run.acks.borrow().is_empty(),
+        "nothing is acknowledged while an earlier batch is still committing: {:?}",
+        run.acks.borrow()
+    );
+    run.store.release();
+    let acks = run.acked(4).await;
+    let pkids: Vec<u16> = acks.iter().map(|a| a.pkid).collect();
+    assert_eq!(pkids, [1, 2, 3, 4], "arrival order");
+    assert!(
+        acks.iter().all(|a| a.committed == 4),
+        "the first batch's acks wait for its commit: {acks:?}"
+    );
+    let (outcome, _, _) = run.stop().await;
+    outcome.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
 async fn batches_hold_at_most_batch_size_and_take_what_is_waiting() {
     let mut run = Running::start(config(3), |_| {});
     for i in 1..=8 {
@@ -350,7 +410,7 @@ async fn a_lone_message_is_committed_at_once() {
 async fn the_flush_interval_closes_a_batch_to_waiting_input() {
     let mut cfg = config(100);
     cfg.flush_interval = Duration::from_millis(500);
-    let (store, worker) = Fake::new();
+    let (store, worker) = Fake::new(1);
     let (acks, _) = watch::channel(Vec::new());
     let acker = FakeAcker {
         acks,
@@ -386,7 +446,7 @@ async fn the_flush_interval_closes_a_batch_to_waiting_input() {
 async fn a_disconnect_bumps_the_epoch_and_releases_the_driver() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("collector.ready");
-    let (store, worker) = Fake::new();
+    let (store, worker) = Fake::new(1);
     let (acks, _) = watch::channel(Vec::new());
     let acker = FakeAcker {
         acks,

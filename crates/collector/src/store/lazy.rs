@@ -24,6 +24,14 @@ impl<S: Store, F: FnMut() -> Result<S, StoreError> + Send> Lazy<S, F> {
         };
         Ok(Lazy { store, connect })
     }
+
+    /// Connects at the first write only.
+    pub fn later(connect: F) -> Self {
+        Lazy {
+            store: None,
+            connect,
+        }
+    }
 }
 
 impl<S: Store, F: FnMut() -> Result<S, StoreError> + Send> Store for Lazy<S, F> {

@@ -12,12 +12,14 @@ pub mod influx;
 mod lazy;
 pub mod postgres;
 mod retry;
+mod shared;
 pub mod sqlite;
 mod worker;
 
 pub use fanout::Fanout;
 pub use lazy::Lazy;
 pub use retry::{Retrying, StoreHealth};
+pub use shared::Shared;
 pub use sqlite::{open_read_only, payload_hash, SqliteStore, SyncMode};
 pub use worker::StoreWorker;
 

@@ -1,35 +1,64 @@
 //! [`StoreWorker`]: a [`Store`] on its own OS thread, fed through a channel, so a
-//! commit (and its fsync) never blocks an async worker.
+//! commit (and its fsync) never blocks an async worker. With several lanes, each
+//! lane is a thread with a store of its own (its own connection to each server),
+//! and the next batch goes to whichever lane is free: a database server works on
+//! one batch while the next is on its way, instead of waiting a round trip for each.
 
 use super::{Record, Store, StoreError, WriteOutcome};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use tokio::sync::oneshot;
 
 type Reply = oneshot::Sender<Result<WriteOutcome, StoreError>>;
+type Job = (Vec<Record>, Reply);
 
-/// Runs a [`Store`] on its own OS thread; batches are written in the order sent.
+/// Runs [`Store`]s on OS threads of their own. With one lane, batches are written
+/// in the order sent; with more, they may commit in any order, and the caller
+/// decides what to wait for.
 pub struct StoreWorker {
-    tx: Option<mpsc::Sender<(Vec<Record>, Reply)>>,
-    thread: Option<JoinHandle<()>>,
+    tx: Option<mpsc::Sender<Job>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl StoreWorker {
-    /// Moves `store` to a new thread.
-    pub fn spawn(mut store: Box<dyn Store>) -> StoreWorker {
-        let (tx, rx) = mpsc::channel::<(Vec<Record>, Reply)>();
-        let thread = std::thread::Builder::new()
-            .name("store".into())
-            .spawn(move || {
-                while let Ok((batch, reply)) = rx.recv() {
-                    let _ = reply.send(store.write_batch(&batch));
-                }
+    /// Moves `store` to a new thread: one lane.
+    pub fn spawn(store: Box<dyn Store>) -> StoreWorker {
+        StoreWorker::spawn_lanes(vec![store])
+    }
+
+    /// One thread per store, all taking batches from one queue.
+    pub fn spawn_lanes(stores: Vec<Box<dyn Store>>) -> StoreWorker {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        let threads = stores
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut store)| {
+                let rx = Arc::clone(&rx);
+                std::thread::Builder::new()
+                    .name(format!("store-{i}"))
+                    .spawn(move || loop {
+                        // Only the lane holding the lock waits for a job; the others
+                        // queue behind it, so each job goes to exactly one free lane.
+                        let job = rx
+                            .lock()
+                            .map_err(|_| ())
+                            .and_then(|rx| rx.recv().map_err(|_| ()));
+                        let Ok((batch, reply)) = job else { return };
+                        let _ = reply.send(store.write_batch(&batch));
+                    })
+                    .expect("cannot start a store thread")
             })
-            .expect("cannot start the store thread");
+            .collect();
         StoreWorker {
             tx: Some(tx),
-            thread: Some(thread),
+            threads,
         }
+    }
+
+    /// How many batches can be written at the same time.
+    pub fn lanes(&self) -> usize {
+        self.threads.len().max(1)
     }
 
     /// Queues a batch; the receiver resolves once it is committed (or failed).
@@ -44,10 +73,10 @@ impl StoreWorker {
 }
 
 impl Drop for StoreWorker {
-    /// Lets the thread finish what it was given, then waits for it (closing the database).
+    /// Lets the threads finish what they were given, then waits for them (closing the databases).
     fn drop(&mut self) {
         self.tx.take();
-        if let Some(t) = self.thread.take() {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
@@ -88,5 +117,57 @@ mod tests {
         drop(worker);
         let conn = open_read_only(&path).unwrap();
         assert_eq!(count(&conn, "SELECT count(*) FROM telemetry"), 2);
+    }
+
+    /// A FAKE store that says when a batch starts and finishes it only when told.
+    struct Gate {
+        started: std::sync::mpsc::Sender<usize>,
+        go: Arc<Mutex<std::sync::mpsc::Receiver<()>>>,
+    }
+
+    impl Store for Gate {
+        fn write_batch(&mut self, batch: &[Record]) -> Result<WriteOutcome, StoreError> {
+            self.started.send(batch.len()).unwrap();
+            self.go.lock().unwrap().recv().unwrap();
+            Ok(WriteOutcome {
+                stored: batch.len(),
+                ..WriteOutcome::default()
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn lanes_write_batches_at_the_same_time() {
+        let (started, starts) = std::sync::mpsc::channel();
+        let (release, go) = std::sync::mpsc::channel();
+        let go = Arc::new(Mutex::new(go));
+        let gates: Vec<Box<dyn Store>> = (0..3)
+            .map(|_| {
+                Box::new(Gate {
+                    started: started.clone(),
+                    go: go.clone(),
+                }) as Box<dyn Store>
+            })
+            .collect();
+        let worker = StoreWorker::spawn_lanes(gates);
+        let replies: Vec<_> = (1..=3)
+            .map(|n| worker.write(vec![row("a", Some(n)); n as usize]))
+            .collect();
+        // All three are being written before any of them finishes.
+        let mut sizes: Vec<usize> = (0..3)
+            .map(|_| {
+                starts
+                    .recv_timeout(std::time::Duration::from_secs(10))
+                    .expect("a lane never started")
+            })
+            .collect();
+        sizes.sort();
+        assert_eq!(sizes, [1, 2, 3]);
+        for _ in 0..3 {
+            release.send(()).unwrap();
+        }
+        for (n, r) in replies.into_iter().enumerate() {
+            assert_eq!(r.await.unwrap().unwrap().stored, n + 1);
+        }
     }
 }

@@ -36,7 +36,7 @@ pub struct PostgresStore {
     tls: Option<MakeRustlsConnect>,
     collector: String,
     timeout: Duration,
-    session: Option<Session>,
+    session: Option<(Session, write::Prepared)>,
     // Declared last: dropped after the session it drives.
     rt: StoreRuntime,
 }
@@ -96,7 +96,8 @@ impl PostgresStore {
         let session = self.rt.run(self.timeout, async move {
             let mut session = Session::open(url, tls).await?;
             schema::ensure(&mut session.client).await?;
-            Ok(session)
+            let prepared = write::Prepared::new(&session.client).await?;
+            Ok((session, prepared))
         })?;
         tracing::info!(target: "collector::store::postgres", "connected to {}", self.url);
         self.session = Some(session);
@@ -106,13 +107,13 @@ impl PostgresStore {
     fn try_write(&mut self, batch: &[Record]) -> Result<WriteOutcome, Failure> {
         let fresh = self.session.is_none();
         self.open()?;
-        let Some(session) = self.session.as_mut() else {
+        let Some((session, prepared)) = self.session.as_ref() else {
             return Err(Failure::Runtime(std::io::Error::other("no session")));
         };
         let collector = self.collector.as_str();
-        let client = &mut session.client;
+        let client = &session.client;
         let result = self.rt.run(self.timeout, async move {
-            write::write_batch(client, collector, batch).await
+            write::write_batch(client, prepared, collector, batch).await
         });
         match result {
             // A kept connection the server closed between two batches (a restart,
@@ -128,7 +129,7 @@ impl PostgresStore {
     }
 
     fn drop_session(&mut self) {
-        if let Some(s) = self.session.take() {
+        if let Some((s, _)) = self.session.take() {
             self.rt.close(s);
         }
     }

@@ -1,13 +1,16 @@
 //! One batch, one transaction: an `INSERT ... SELECT FROM unnest(...) ON CONFLICT
 //! DO NOTHING RETURNING` into `telemetry`, one comparison of the records whose
 //! `seq` was already taken, one insert into `rejected`, one counter update. The
-//! round trips do not grow with the batch.
+//! round trips do not grow with the batch: a batch of new readings costs two
+//! (`BEGIN` sent together with the insert, then `COMMIT`), on statements prepared
+//! once per connection ([`Prepared`]) so the server does not parse and plan them
+//! for every batch.
 
 use super::error::Failure;
 use super::plan::{Key, Plan};
 use crate::store::{Record, WriteOutcome};
 use std::collections::HashSet;
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::{Client, Statement};
 
 const INSERT_TELEMETRY: &str = "
 INSERT INTO telemetry (device_id, seq, topic, publish_ts, receive_ts, collector, payload, payload_hash)
@@ -33,17 +36,52 @@ FROM unnest($1::text[], $2::float8[], $3::text[], $4::bytea[], $5::bytea[]) AS u
 ON CONFLICT DO NOTHING
 RETURNING topic, payload_hash";
 
-/// Writes `batch` in one transaction and counts what it did.
+const ADD_DUPLICATES: &str = "UPDATE counters SET value = value + $1 WHERE name = 'duplicates'";
+
+/// The statements of a batch, prepared on one connection (they live as long as it).
+pub(crate) struct Prepared {
+    insert_telemetry: Statement,
+    same_reading: Statement,
+    insert_rejected: Statement,
+    add_duplicates: Statement,
+}
+
+impl Prepared {
+    /// Prepares every statement; the tables must exist.
+    pub async fn new(client: &Client) -> Result<Prepared, tokio_postgres::Error> {
+        let (insert_telemetry, same_reading, insert_rejected, add_duplicates) = tokio::try_join!(
+            client.prepare(INSERT_TELEMETRY),
+            client.prepare(SAME_READING),
+            client.prepare(INSERT_REJECTED),
+            client.prepare(ADD_DUPLICATES),
+        )?;
+        Ok(Prepared {
+            insert_telemetry,
+            same_reading,
+            insert_rejected,
+            add_duplicates,
+        })
+    }
+}
+
+/// Writes `batch` in one transaction and counts what it did. A failure leaves the
+/// transaction open: the caller drops the connection, and the server rolls it back.
 pub(crate) async fn write_batch(
-    client: &mut Client,
+    tx: &Client,
+    prepared: &Prepared,
     collector: &str,
     batch: &[Record],
 ) -> Result<WriteOutcome, Failure> {
     let plan = Plan::new(batch);
-    let tx = client.transaction().await.map_err(Failure::Begin)?;
-    let inserted = insert_telemetry(&tx, collector, &plan).await?;
+    // Sent back to back: the server answers both in one round trip.
+    let (begun, inserted) = tokio::join!(
+        tx.batch_execute("BEGIN"),
+        insert_telemetry(tx, &prepared.insert_telemetry, collector, &plan)
+    );
+    begun.map_err(Failure::Begin)?;
+    let inserted = inserted?;
     let compare = plan.to_compare(&inserted);
-    let different = different_readings(&tx, batch, &compare).await?;
+    let different = different_readings(tx, &prepared.same_reading, batch, &compare).await?;
     let (rejections, rejection_repeats) = plan.rejections(&different);
 
     let kept_rejections: HashSet<(String, Vec<u8>)> = if rejections.is_empty() {
@@ -55,7 +93,7 @@ pub(crate) async fn write_batch(
         let payloads: Vec<&[u8]> = rejections.iter().map(|r| r.payload).collect();
         let hashes: Vec<&[u8]> = rejections.iter().map(|r| r.hash.as_slice()).collect();
         tx.query(
-            INSERT_REJECTED,
+            &prepared.insert_rejected,
             &[&topics, &times, &reasons, &payloads, &hashes, &collector],
         )
         .await?
@@ -79,19 +117,17 @@ pub(crate) async fn write_batch(
         rejected: kept_rejections.len(),
     };
     if out.duplicates > 0 {
-        tx.execute(
-            "UPDATE counters SET value = value + $1 WHERE name = 'duplicates'",
-            &[&(out.duplicates as i64)],
-        )
-        .await?;
+        tx.execute(&prepared.add_duplicates, &[&(out.duplicates as i64)])
+            .await?;
     }
-    tx.commit().await?;
+    tx.batch_execute("COMMIT").await?;
     Ok(out)
 }
 
 /// Offers the plan's candidates; the keys the database took.
 async fn insert_telemetry(
-    tx: &Transaction<'_>,
+    tx: &Client,
+    statement: &Statement,
     collector: &str,
     plan: &Plan<'_>,
 ) -> Result<HashSet<Key>, Failure> {
@@ -122,7 +158,7 @@ async fn insert_telemetry(
     let payloads: Vec<&str> = rows.iter().map(|c| c.payload).collect();
     let returned = tx
         .query(
-            INSERT_TELEMETRY,
+            statement,
             &[
                 &devices, &seqs, &topics, &published, &received, &payloads, &hashes, &collector,
             ],
@@ -147,7 +183,8 @@ async fn insert_telemetry(
 /// stored under their `(device_id, seq)`. A row that vanished meanwhile counts
 /// as the same reading, as in the SQLite store.
 async fn different_readings(
-    tx: &Transaction<'_>,
+    tx: &Client,
+    statement: &Statement,
     batch: &[Record],
     compare: &[(usize, String, i64)],
 ) -> Result<HashSet<usize>, Failure> {
@@ -166,7 +203,7 @@ async fn different_readings(
         .collect();
     let mut different = HashSet::new();
     for row in tx
-        .query(SAME_READING, &[&indexes, &devices, &seqs, &payloads])
+        .query(statement, &[&indexes, &devices, &seqs, &payloads])
         .await?
     {
         // NULL (jsonb that cannot be compared) counts as the same reading.
