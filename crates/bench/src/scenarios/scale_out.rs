@@ -4,8 +4,9 @@
 //! messages are queued while all are offline (Mosquitto 2.0 deals a group's messages
 //! round robin to its members' sessions, connected or not), then every member starts
 //! at once and the drain is timed to the Nth row. On a machine where the broker, the
-//! database and every collector share the same few cores, more members cannot drain
-//! faster: the ratios show what scaling out costs, not what it gains.
+//! database and every collector share the same few cores, a member brings no CPU
+//! of its own: the ratios show what scaling out costs there, not what separate
+//! machines would gain.
 
 use super::drain::{self, Entrant, SinkMaker, LOAD_CONNECTIONS, LOAD_WINDOW};
 use super::stores::{self, PG_SETTINGS};
