@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 /// Measures collector and device-sim against peers on a Mosquitto it starts itself
 /// on free loopback ports: ingest throughput (vs mosquitto_sub and a paho-mqtt
-/// stand-in), end-to-end latency, device scale, the cost of TLS, the offline queue
-/// and the collector's stores (SQLite, PostgreSQL, InfluxDB).
+/// stand-in), end-to-end latency, device scale, the cost of TLS, the offline queue,
+/// the collector's stores (SQLite, PostgreSQL, InfluxDB) and 1 to 3 collectors in
+/// one share group.
 ///
 /// Needs mosquitto, mosquitto_sub, python3 with paho-mqtt (`pip install paho-mqtt`)
 /// and ss on the PATH. Builds the release binaries of collector and device-sim
@@ -31,7 +32,7 @@ pub struct Cli {
     /// Start every broker with `set_tcp_nodelay true` (Mosquitto's default is false: Nagle's algorithm on)
     #[arg(long)]
     pub tcp_nodelay: bool,
-    /// Messages per consumer in the throughput and stores scenarios [default 100000, 20000 with --quick]
+    /// Messages per consumer in the throughput, stores and scale-out scenarios [default 100000, 20000 with --quick]
     #[arg(long, value_name = "N")]
     pub messages: Option<u64>,
     /// Use the collector and device-sim found next to this binary without running cargo build
@@ -42,7 +43,7 @@ pub struct Cli {
     pub keep: bool,
 }
 
-/// The scenarios of issue 6, and of issue 11 (stores).
+/// The scenarios of issue 6, of issue 11 (stores) and of issue 12 (scale-out).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
 pub enum Scenario {
     /// 1. Drain of a queued persistent session: collector vs mosquitto_sub vs paho, plain and TLS
@@ -57,17 +58,20 @@ pub enum Scenario {
     Queue,
     /// 6. The throughput drain into the collector with SQLite, PostgreSQL and InfluxDB (servers started here)
     Stores,
+    /// 7. The PostgreSQL drain by 1, 2 and 3 collectors in one share group (one broker, one PostgreSQL)
+    ScaleOut,
 }
 
 impl Scenario {
     /// Every scenario, in the order they run.
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::Throughput,
         Scenario::Latency,
         Scenario::Scale,
         Scenario::Tls,
         Scenario::Queue,
         Scenario::Stores,
+        Scenario::ScaleOut,
     ];
 
     /// The name used on the command line and in the JSON.
@@ -79,6 +83,7 @@ impl Scenario {
             Scenario::Tls => "tls",
             Scenario::Queue => "queue",
             Scenario::Stores => "stores",
+            Scenario::ScaleOut => "scale-out",
         }
     }
 }

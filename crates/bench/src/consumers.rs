@@ -178,18 +178,12 @@ impl<'a> Run<'a> {
         let mut sink = sink;
         let (cmd, line) = match consumer {
             Consumer::Collector | Consumer::CollectorSyncFull => {
-                let bin = programs.collector.clone().map_err(|e| anyhow!(e))?;
-                let env = ep.env(Some(client_id));
                 let sink = sink.get_or_insert_with(|| Sink::sqlite(&db));
                 let mut args = sink.args.clone();
                 if consumer == Consumer::CollectorSyncFull {
                     args.extend(["--sync".to_string(), "full".to_string()]);
                 }
-                let mut cmd = our_command(&bin, dir, &env);
-                cmd.args(&args)
-                    .stdout(Stdio::null())
-                    .stderr(log_file(dir, "collector")?);
-                (cmd, shell_line(&env, &bin, &args, ""))
+                collector_command(programs, ep, client_id, &args, dir)?
             }
             Consumer::MosquittoSub => {
                 let bin = programs.mosquitto_sub.clone().map_err(|e| anyhow!(e))?;
@@ -262,7 +256,7 @@ impl<'a> Run<'a> {
         match (self.consumer, self.sink.as_mut()) {
             (Consumer::Collector | Consumer::CollectorSyncFull, Some(sink)) => {
                 let done = wait_for_count(
-                    &child,
+                    &[&child],
                     self.expected,
                     deadline,
                     sink.poll,
@@ -298,6 +292,24 @@ impl<'a> Run<'a> {
             }
         }
     }
+}
+
+/// The collector on `ep` as persistent client `client_id` with `args`, running in
+/// `dir` (its log in `dir/collector.log`); and its command line.
+pub fn collector_command(
+    programs: &Programs,
+    ep: &Endpoint,
+    client_id: &str,
+    args: &[String],
+    dir: &Path,
+) -> Result<(Command, String)> {
+    let bin = programs.collector.clone().map_err(|e| anyhow!(e))?;
+    let env = ep.env(Some(client_id));
+    let mut cmd = our_command(&bin, dir, &env);
+    cmd.args(args)
+        .stdout(Stdio::null())
+        .stderr(log_file(dir, "collector")?);
+    Ok((cmd, shell_line(&env, &bin, args, "")))
 }
 
 fn log_file(dir: &Path, name: &str) -> Result<Stdio> {
@@ -340,31 +352,40 @@ pub fn open_reader(db: &Path) -> Option<rusqlite::Connection> {
 /// process ends first or time runs out.
 pub fn wait_for_rows(child: &Child, db: &Path, n: u64, deadline: Instant) -> Result<Instant> {
     let mut sink = Sink::sqlite(db);
-    wait_for_count(child, n, deadline, sink.poll, &mut sink.progress)
+    wait_for_count(&[child], n, deadline, sink.poll, &mut sink.progress)
 }
 
 /// Polls `progress` every `poll` until it reaches `n`; the instant it did. Fails if
-/// the process ends first or time runs out.
+/// one of the processes ends first or time runs out (then all are stopped).
 pub fn wait_for_count(
-    child: &Child,
+    children: &[&Child],
     n: u64,
     deadline: Instant,
     poll: Duration,
     progress: &mut dyn FnMut() -> u64,
 ) -> Result<Instant> {
+    let stop = |except: Option<u32>| {
+        for c in children.iter().filter(|c| Some(c.id()) != except) {
+            let _ = procstat::terminate(c, Duration::from_secs(5));
+        }
+    };
     loop {
         let last = progress();
         if last >= n {
             return Ok(Instant::now());
         }
-        if let Some(e) = procstat::wait_until(child, Instant::now())? {
-            bail!(
-                "the process exited with code {} after {last} of {n} messages stored",
-                e.code
-            );
+        for child in children {
+            if let Some(e) = procstat::wait_until(child, Instant::now())? {
+                stop(Some(child.id()));
+                bail!(
+                    "process {} exited with code {} after {last} of {n} messages stored",
+                    child.id(),
+                    e.code
+                );
+            }
         }
         if Instant::now() > deadline {
-            let _ = procstat::terminate(child, Duration::from_secs(5));
+            stop(None);
             bail!("only {last} of {n} messages stored in time");
         }
         std::thread::sleep(poll);

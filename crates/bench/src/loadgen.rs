@@ -7,7 +7,7 @@ use crate::broker::Endpoint;
 use crate::wire::{Counters, Snapshot};
 use anyhow::{bail, Context, Result};
 use mqtt_core::message::{data_topic, unix_now, Telemetry};
-use rumqttc::{AsyncClient, Event, EventLoop, Incoming, Outgoing, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, Incoming, Outgoing, QoS, SubscribeReasonCode};
 use std::time::{Duration, Instant};
 
 /// What to publish.
@@ -180,23 +180,37 @@ async fn run_connection(
 }
 
 /// Creates a fresh persistent session of `client_id` with a QoS 1 subscription to
-/// `filter`, then leaves, so the broker queues what arrives for it. A clean-session
-/// connect first ends any earlier session: otherwise it would still hold the loads
-/// published meanwhile for the other consumers, and a drain would start behind them.
+/// `filter` (a `$share/GROUP/...` filter too), then leaves, so the broker queues what
+/// arrives for it. A clean-session connect first ends any earlier session: otherwise
+/// it would still hold the loads published meanwhile for the other consumers, and a
+/// drain would start behind them.
 pub async fn prime_session(ep: &Endpoint, client_id: &str, filter: &str) -> Result<()> {
-    let (client, el) = connect(ep, client_id, true, 10).await?;
-    disconnect(client, el).await;
+    end_session(ep, client_id).await?;
     let (client, mut el) = connect(ep, client_id, false, 10).await?;
     client.subscribe(filter, QoS::AtLeastOnce).await?;
-    tokio::time::timeout(Duration::from_secs(10), async {
+    let granted = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
-            if let Event::Incoming(Incoming::SubAck(_)) = el.poll().await? {
-                return anyhow::Ok(());
+            if let Event::Incoming(Incoming::SubAck(ack)) = el.poll().await? {
+                return anyhow::Ok(ack.return_codes);
             }
         }
     })
     .await
     .context("no SUBACK within 10 s")??;
+    disconnect(client, el).await;
+    // A broker that refuses the filter (or downgrades it to QoS 0) would queue
+    // nothing, and the drain would only time out.
+    if granted != [SubscribeReasonCode::Success(QoS::AtLeastOnce)] {
+        bail!("{client_id}: SUBSCRIBE {filter} at QoS 1 answered with {granted:?}");
+    }
+    Ok(())
+}
+
+/// Ends the session the broker keeps for `client_id` with a clean-session connect,
+/// so nothing more is queued for it (a share group's member would otherwise keep
+/// taking its turn of the messages).
+pub async fn end_session(ep: &Endpoint, client_id: &str) -> Result<()> {
+    let (client, el) = connect(ep, client_id, true, 10).await?;
     disconnect(client, el).await;
     Ok(())
 }

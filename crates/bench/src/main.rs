@@ -174,6 +174,7 @@ fn run(cli: Cli) -> Result<()> {
             Scenario::Tls => scenarios::tls::run(&ctx, &sections),
             Scenario::Queue => scenarios::queue::run(&ctx),
             Scenario::Stores => scenarios::stores::run(&ctx),
+            Scenario::ScaleOut => scenarios::scale_out::run(&ctx),
         };
         s.seconds = started.elapsed().as_secs_f64();
         if let (Some(a), Some(b)) = (load0, scenarios::loadavg()) {

@@ -86,6 +86,22 @@ impl Stat {
     }
 }
 
+/// The machine's CPU time from /proc/stat, in clock ticks summed over every core:
+/// (busy, all). Busy is everything but idle and iowait.
+pub fn machine_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    let all: u64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4)?;
+    Some((all - idle, all))
+}
+
 fn clock_ticks() -> f64 {
     // SAFETY: sysconf has no memory effects.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
@@ -200,6 +216,8 @@ mod tests {
         assert!(rss_kib(me).unwrap() > 0);
         assert!(cpu_seconds(me).unwrap() >= 0.0);
         assert!(open_file_limit(me).unwrap() > 0);
+        let (busy, all) = machine_ticks().unwrap();
+        assert!(busy <= all && all > 0);
     }
 
     #[test]

@@ -87,6 +87,39 @@ impl<'a> Entrant<'a> {
         self
     }
 
+    /// CPU seconds of each watched process tree now, for [`Entrant::record_watched`].
+    pub fn watched_now(&self) -> Vec<Option<f64>> {
+        self.watched
+            .iter()
+            .map(|(_, pid)| procstat::tree_cpu_seconds(*pid))
+            .collect()
+    }
+
+    /// Records the CPU per message each watched process tree spent on `n` messages
+    /// since `before` (from [`Entrant::watched_now`]).
+    pub fn record_watched(&mut self, before: &[Option<f64>], n: u64) {
+        for ((b, a), per_round) in before
+            .iter()
+            .zip(self.watched_now())
+            .zip(&mut self.watched_cpu)
+        {
+            per_round.push(match (b, a) {
+                (Some(b), Some(a)) => (a - b) / n as f64,
+                _ => f64::NAN,
+            });
+        }
+    }
+
+    /// Keeps `d` if it is the fastest round so far (then true); its rate.
+    pub fn record(&mut self, d: Drained) -> (f64, bool) {
+        let rate = d.rate();
+        let best = !matches!(&self.best, Some(b) if b.rate() >= rate);
+        if best {
+            self.best = Some(d);
+        }
+        (rate, best)
+    }
+
     /// The median of the rounds that succeeded.
     pub fn median(&self) -> Option<f64> {
         median(&self.rates)
@@ -150,6 +183,11 @@ pub fn ratios(a: &[f64], b: &[f64]) -> Option<(f64, String)> {
     Some((m, shown))
 }
 
+/// How long a drain of `n` messages may take: 1,000 msg/s after a start-up allowance.
+pub fn timeout(n: u64) -> Duration {
+    Duration::from_secs(30) + Duration::from_secs_f64(n as f64 / 1000.0)
+}
+
 /// Runs `rounds` rounds over `entrants`, interleaved within a round, every one
 /// draining `load` queued on `ep`; each round's command lines are recorded in the
 /// first round. A failed drain is reported in `s` and counts as NaN; so does a
@@ -189,30 +227,14 @@ pub fn run_rounds(
                 if round == 0 {
                     s.command(run.line.clone());
                 }
-                let timeout = Duration::from_secs(30) + Duration::from_secs_f64(n as f64 / 1000.0);
-                let tree_cpu = |e: &Entrant| -> Vec<Option<f64>> {
-                    e.watched
-                        .iter()
-                        .map(|(_, pid)| procstat::tree_cpu_seconds(*pid))
-                        .collect()
-                };
-                let before = tree_cpu(e);
-                let d = run.drain(timeout)?;
-                for ((b, a), per_round) in before.iter().zip(tree_cpu(e)).zip(&mut e.watched_cpu) {
-                    per_round.push(match (b, a) {
-                        (Some(b), Some(a)) => (a - b) / n as f64,
-                        _ => f64::NAN,
-                    });
-                }
+                let before = e.watched_now();
+                let d = run.drain(timeout(n))?;
+                e.record_watched(&before, n);
                 stored = d.stored;
                 if let Some(k) = d.stored.filter(|k| *k != n) {
                     bail!("FAILED: {k} messages stored, not {n}");
                 }
-                let rate = d.rate();
-                if !matches!(&e.best, Some(b) if b.rate() >= rate) {
-                    e.best = Some(d);
-                }
-                Ok(rate)
+                Ok(e.record(d).0)
             })();
             e.stored.push(stored);
             e.rates.push(attempt.as_ref().copied().unwrap_or(f64::NAN));

@@ -1,10 +1,12 @@
-//! The five scenarios of issue 6, the stores scenario of issue 11, and what they share: the run's working directory,
+//! The five scenarios of issue 6, the stores scenario of issue 11, the scale-out
+//! scenario of issue 12, and what they share: the run's working directory,
 //! the programs, the certificates and the broker limits.
 
 pub mod drain;
 pub mod latency;
 pub mod queue;
 pub mod scale;
+pub mod scale_out;
 pub mod stores;
 pub mod throughput;
 pub mod tls;

@@ -18,7 +18,7 @@ use testkit::postgres::{Postgres, PostgresConfig};
 
 /// PostgreSQL's own defaults where testkit's test servers trade safety for speed:
 /// the benchmark measures what a deployment gets.
-const PG_SETTINGS: [&str; 3] = [
+pub(crate) const PG_SETTINGS: [&str; 3] = [
     "fsync = on",
     "full_page_writes = on",
     "shared_buffers = 128MB",
@@ -218,7 +218,7 @@ fn metrics_on_sink<'a>(dir: &std::path::Path) -> SinkMaker<'a> {
     })
 }
 
-fn start_postgres(s: &mut Section) -> Option<Postgres> {
+pub(crate) fn start_postgres(s: &mut Section) -> Option<Postgres> {
     let cfg = PG_SETTINGS
         .iter()
         .fold(PostgresConfig::new(), |c, line| c.setting(line));
@@ -267,9 +267,14 @@ fn unpanic<T>(f: impl FnOnce() -> T) -> Result<T> {
     })
 }
 
+/// The database of round `round` (0-based) of the PostgreSQL sink named `name`.
+pub(crate) fn round_db(name: &str, round: usize) -> String {
+    format!("bench_{name}_{}", round + 1)
+}
+
 /// A new database per round; `--postgres URL`; the drain polled by the largest
 /// `id` (one index probe; never below the row count), counted once it reaches `n`.
-fn postgres_sink<'a>(
+pub(crate) fn postgres_sink<'a>(
     ctx: &'a Ctx,
     pg: &'a Postgres,
     n: u64,
@@ -277,7 +282,7 @@ fn postgres_sink<'a>(
     async_commit: bool,
 ) -> SinkMaker<'a> {
     Box::new(move |round| {
-        let db = format!("bench_{name}_{}", round + 1);
+        let db = round_db(name, round);
         pg.try_psql(&format!("CREATE DATABASE {db}"))?;
         if async_commit {
             pg.try_psql(&format!("ALTER DATABASE {db} SET synchronous_commit = off"))?;
