@@ -1,7 +1,8 @@
 //! The storage boundary: the [`Store`] trait ingest writes batches through, the
-//! records it writes and the errors it reports. Each backend is a module of its own:
-//! [`sqlite`] (contract section 4) now. [`StoreWorker`] runs any store on its own
-//! thread so no blocking I/O ever happens on the async workers.
+//! records it writes and the errors it reports. Each backend is a module of its own
+//! ([`sqlite`], [`postgres`], [`influx`]); [`Retrying`], [`Lazy`], [`Fanout`] and
+//! [`Shared`] wrap them, and [`StoreWorker`] runs them on threads of their own (one
+//! per lane) so no blocking I/O ever happens on the async workers.
 //!
 //! A batch is one transaction: when [`Store::write_batch`] returns `Ok`, every
 //! record of it is durable (to the process crash with `synchronous=NORMAL`, to a

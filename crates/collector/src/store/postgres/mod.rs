@@ -1,6 +1,6 @@
-//! The PostgreSQL store (contract section 6, issue 11): the tables of [`schema`],
+//! The PostgreSQL store (contract section 6, issue 11): the tables of `schema`,
 //! one transaction per batch written set-wise ([`write`]) under the duplicate rules
-//! of the SQLite store ([`plan`]), TLS on rustls with ring ([`tls`]), the
+//! of the SQLite store (`plan`), TLS on rustls with ring (`tls`), the
 //! libpq-style URL ([`config`]), failures sorted into retry or refuse ([`error`]),
 //! and `collector stats` over the same tables ([`stats`]).
 //!
