@@ -514,6 +514,31 @@ mod tests {
     }
 
     #[test]
+    fn lanes_only_with_a_server_store() {
+        let (_dir, env, db) = scratch();
+        let (env, db) = (env.as_str(), db.as_str());
+        let influx = ["--influx", "http://127.0.0.1:1", "--influx-db", "x"];
+        let lanes = |extra: &[&str]| {
+            let mut all = vec!["--env-file", env, "--pipeline", "3"];
+            all.extend_from_slice(extra);
+            let plan = prepare_run(run_args(&all)).unwrap_or_else(|e| panic!("{e}"));
+            (plan.store.lanes(), plan.stores)
+        };
+        assert_eq!(lanes(&["--db", db]).0, 1, "SQLite takes one writer");
+        let (n, stores) = lanes(&influx);
+        assert_eq!(n, 3);
+        assert!(stores.contains("3 batches at a time"), "{stores}");
+        let mut both = influx.to_vec();
+        both.extend(["--db", db]);
+        assert_eq!(
+            lanes(&both).0,
+            3,
+            "SQLite shared by the lanes of a server store"
+        );
+        assert_eq!(run_args(&[]).pipeline, 4);
+    }
+
+    #[test]
     fn stats_of_a_missing_database_is_a_configuration_error() {
         let dir = tempfile::tempdir().unwrap();
         let args = StatsArgs {
