@@ -5,9 +5,9 @@
 //! Batching: as many transactions are in flight as the store has lanes (one for
 //! SQLite alone; `--pipeline` for server stores). While they commit, the next
 //! batch fills (up to `batch_size`); when a lane is free, the open batch is
-//! committed at once. A batch never waits to fill up: Mosquitto lets a subscriber
-//! hold at most `max_inflight_messages` (default 20) unacknowledged, so waiting
-//! for more would only stall the broker. Batches are acknowledged in the order
+//! committed at once. A batch never waits to fill up: a broker may cap the
+//! unacknowledged messages a subscriber holds (Mosquitto's `max_inflight_messages`),
+//! so waiting for more could only stall it. Batches are acknowledged in the order
 //! they were read, each only once it and every batch before it has committed.
 //!
 //! Acknowledgements of messages that arrived on an earlier connection are dropped:
