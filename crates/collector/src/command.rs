@@ -222,6 +222,10 @@ pub fn prepare_run(args: RunArgs) -> Result<RunPlan, CommandError> {
         1
     };
     let mut lane_stores = Vec::new();
+    // Whether the server answered the first lane: then every lane connects now, so
+    // a limit (max_connections) shows before the collector subscribes; a server that
+    // is down is connected to by each lane at its first batch.
+    let mut pg_up = false;
     for lane in 0..lanes {
         let mut stores: Vec<Box<dyn Store>> = Vec::new();
         if let Some(sqlite) = &sqlite {
@@ -230,13 +234,12 @@ pub fn prepare_run(args: RunArgs) -> Result<RunPlan, CommandError> {
         if let Some(url) = choice.postgres.clone() {
             let id = client_id.clone();
             let connect = move || PostgresStore::connect(&url, &id);
-            // The first lane connects now, so a refusal ends the collector before it
-            // subscribes; the others connect at their first batch.
-            let pg = if lane == 0 {
+            let pg = if lane == 0 || pg_up {
                 Lazy::new("PostgreSQL", connect).map_err(store_refused)?
             } else {
                 Lazy::later(connect)
             };
+            pg_up = pg.is_connected();
             stores.push(retrying(Box::new(pg), "PostgreSQL", "postgresql"));
         }
         if let Some(cfg) = &influx {

@@ -458,3 +458,65 @@ fn stats_equal_the_sqlite_figures() {
     let e = postgres::stats::read(&pg.url_with("postgres", &pg.password, "empty", "")).unwrap_err();
     assert!(e.to_string().contains("no table telemetry"), "{e}");
 }
+
+#[test]
+fn every_lane_connects_at_start_and_a_connection_limit_is_refused_with_the_fix() {
+    use clap::Parser;
+    let pg = Postgres::start(PostgresConfig::new());
+    // The tables made by a superuser, used by a role allowed two connections.
+    drop(PostgresStore::connect(&pg.url(), "setup").unwrap());
+    pg.psql(
+        "CREATE ROLE lanes LOGIN PASSWORD 'lanes-pw' CONNECTION LIMIT 2; \
+         GRANT SELECT, INSERT, UPDATE ON telemetry, rejected, counters TO lanes; \
+         GRANT USAGE ON SEQUENCE telemetry_id_seq, rejected_id_seq TO lanes",
+    );
+    let url = pg.url_with("lanes", "lanes-pw", "postgres", "");
+    let dir = tempfile::tempdir().unwrap();
+    let env = dir.path().join("empty.env");
+    std::fs::write(&env, "").unwrap();
+    let plan = |pipeline: &str| {
+        let cli = collector::cli::Cli::try_parse_from([
+            "collector",
+            "--env-file",
+            env.to_str().unwrap(),
+            "--postgres",
+            &url,
+            "--pipeline",
+            pipeline,
+        ])
+        .unwrap();
+        collector::command::prepare_run(cli.run)
+    };
+
+    let ok = plan("2").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(ok.store.lanes(), 2);
+    assert_eq!(
+        count(
+            &pg,
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'lanes'"
+        ),
+        2,
+        "both lanes connected before the collector subscribes"
+    );
+    drop(ok);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count(
+        &pg,
+        "SELECT count(*) FROM pg_stat_activity WHERE usename = 'lanes'",
+    ) > 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the lanes' connections never closed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let err = plan("4").err().expect("4 lanes exceed the role's limit");
+    assert_eq!(err.exit_code(), mqtt_core::exit::PERMANENT, "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("too many connections") && text.contains("lower --pipeline"),
+        "{text}"
+    );
+}

@@ -32,6 +32,11 @@ impl<S: Store, F: FnMut() -> Result<S, StoreError> + Send> Lazy<S, F> {
             connect,
         }
     }
+
+    /// True once connected.
+    pub fn is_connected(&self) -> bool {
+        self.store.is_some()
+    }
 }
 
 impl<S: Store, F: FnMut() -> Result<S, StoreError> + Send> Store for Lazy<S, F> {

@@ -5,30 +5,22 @@
 
 use super::{Record, Store, StoreError, WriteOutcome};
 use mqtt_core::Backoff;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// Whether every store accepted its last write: false while one is being retried.
-/// Ingest reads it for readiness.
-#[derive(Debug, Clone)]
-pub struct StoreHealth(Arc<AtomicBool>);
-
-impl Default for StoreHealth {
-    fn default() -> Self {
-        StoreHealth(Arc::new(AtomicBool::new(true)))
-    }
-}
+/// Whether every store accepted its last write: false while any one is being
+/// retried. Each [`Retrying`] (one per store and lane) counts itself in while it
+/// fails, so one lane's success cannot hide another store's outage. Ingest reads
+/// it for readiness.
+#[derive(Debug, Clone, Default)]
+pub struct StoreHealth(Arc<AtomicUsize>);
 
 impl StoreHealth {
     /// True unless a store is failing now.
     pub fn writable(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
-
-    fn set(&self, ok: bool) {
-        self.0.store(ok, Ordering::Relaxed);
+        self.0.load(Ordering::Relaxed) == 0
     }
 }
 
@@ -39,6 +31,8 @@ pub struct Retrying {
     backoff: Backoff,
     stop: CancellationToken,
     health: StoreHealth,
+    /// Counted in `health` now.
+    failing: bool,
 }
 
 impl Retrying {
@@ -56,6 +50,17 @@ impl Retrying {
             backoff: Backoff::new(min, max),
             stop,
             health,
+            failing: false,
+        }
+    }
+
+    fn set_failing(&mut self, failing: bool) {
+        if failing != std::mem::replace(&mut self.failing, failing) {
+            if failing {
+                self.health.0.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.health.0.fetch_sub(1, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -65,7 +70,7 @@ impl Store for Retrying {
         loop {
             match self.inner.write_batch(batch) {
                 Err(e) if e.is_transient() => {
-                    self.health.set(false);
+                    self.set_failing(true);
                     let delay = self.backoff.next_delay();
                     tracing::warn!(
                         store = self.name,
@@ -88,7 +93,7 @@ impl Store for Retrying {
                         );
                         self.backoff.reset();
                     }
-                    self.health.set(true);
+                    self.set_failing(false);
                     return Ok(outcome);
                 }
             }
@@ -150,6 +155,38 @@ mod tests {
         );
         assert_eq!(s.write_batch(&[]).unwrap().stored, 1);
         assert!(health.writable());
+    }
+
+    #[test]
+    fn one_store_coming_back_does_not_hide_another_still_down() {
+        let health = StoreHealth::default();
+        let stop = CancellationToken::new();
+        let endless = VecDeque::from_iter((0..10_000).map(|_| down()));
+        let mut down_for_good = Retrying::new(
+            Box::new(Scripted(endless, 0)),
+            "InfluxDB",
+            FAST,
+            stop.clone(),
+            health.clone(),
+        );
+        let t = std::thread::spawn(move || down_for_good.write_batch(&[]));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while health.writable() {
+            assert!(std::time::Instant::now() < deadline, "never unhealthy");
+            std::thread::yield_now();
+        }
+        // Another lane's store fails once, then commits: still unhealthy overall.
+        let mut flaky = Retrying::new(
+            Box::new(Scripted(VecDeque::from([down()]), 0)),
+            "PostgreSQL",
+            FAST,
+            stop.clone(),
+            health.clone(),
+        );
+        assert_eq!(flaky.write_batch(&[]).unwrap().stored, 1);
+        assert!(!health.writable(), "InfluxDB is still being retried");
+        stop.cancel();
+        assert!(matches!(t.join().unwrap(), Err(StoreError::Stopped)));
     }
 
     #[test]

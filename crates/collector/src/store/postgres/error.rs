@@ -94,6 +94,16 @@ pub(crate) fn classify(e: &tokio_postgres::Error, url: &PostgresUrl) -> StoreErr
                 "grant user \"{}\" SELECT, INSERT and UPDATE on telemetry, rejected and counters (and CREATE on the schema for the first run)",
                 url.user()
             ))
+        } else if *code == SqlState::TOO_MANY_CONNECTIONS {
+            // Retrying would keep one lane, and so every acknowledgement, waiting forever.
+            Some(
+                "each collector opens one connection per --pipeline lane (default 4); lower --pipeline, or raise max_connections on the server (or the role's CONNECTION LIMIT)"
+                    .to_string(),
+            )
+        } else if *code == SqlState::INVALID_SQL_STATEMENT_NAME {
+            Some(format!(
+                "the collector prepares its statements once per connection, which a pooler in transaction mode (PgBouncer pool_mode = transaction) does not keep; connect to PostgreSQL directly or through session pooling ({WHERE})"
+            ))
         } else if *code == SqlState::SYNTAX_ERROR || *code == SqlState::UNDEFINED_FUNCTION {
             Some("the collector needs PostgreSQL 12 or later".to_string())
         } else if *code == SqlState::UNDEFINED_TABLE

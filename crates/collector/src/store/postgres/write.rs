@@ -73,8 +73,11 @@ pub(crate) async fn write_batch(
     batch: &[Record],
 ) -> Result<WriteOutcome, Failure> {
     let plan = Plan::new(batch);
-    // Sent back to back: the server answers both in one round trip.
+    // Sent back to back, BEGIN first (each future hands its message to the
+    // connection on its first poll, and `biased` polls in this order): the server
+    // answers both in one round trip.
     let (begun, inserted) = tokio::join!(
+        biased;
         tx.batch_execute("BEGIN"),
         insert_telemetry(tx, &prepared.insert_telemetry, collector, &plan)
     );
@@ -82,7 +85,10 @@ pub(crate) async fn write_batch(
     let inserted = inserted?;
     let compare = plan.to_compare(&inserted);
     let different = different_readings(tx, &prepared.same_reading, batch, &compare).await?;
-    let (rejections, rejection_repeats) = plan.rejections(&different);
+    let (mut rejections, rejection_repeats) = plan.rejections(&different);
+    // The same key order in every transaction (as for telemetry), so concurrent
+    // batches cannot deadlock on rejected rows either.
+    rejections.sort_by(|a, b| (&a.topic, &a.hash).cmp(&(&b.topic, &b.hash)));
 
     let kept_rejections: HashSet<(String, Vec<u8>)> = if rejections.is_empty() {
         HashSet::new()
