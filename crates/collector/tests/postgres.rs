@@ -291,6 +291,7 @@ async fn usable_from_async_code_and_the_store_thread() {
         .write(vec![reading("a", Some(1), t, 1.0, t)])
         .await
         .unwrap()
+        .result
         .unwrap();
     assert_eq!(out, outcome(1, 0, 0));
     drop(worker);

@@ -25,7 +25,7 @@ mod tests;
 
 use crate::ready::{ReadyFile, ReadyState};
 use crate::stats::percentiles;
-use crate::store::{Record, RejectedRow, StoreError, StoreWorker, TelemetryRow, WriteOutcome};
+use crate::store::{Record, RejectedRow, StoreError, StoreWorker, TelemetryRow, Written};
 use crate::validate::validate;
 pub use ack::{AckLost, Acker};
 pub use metrics::{Counted, Metrics};
@@ -120,12 +120,11 @@ impl Batch {
 
 /// A batch whose transaction is running.
 struct InFlight {
-    result: oneshot::Receiver<Result<WriteOutcome, StoreError>>,
+    result: oneshot::Receiver<Written>,
     acks: Vec<Ack>,
     publish_ts: Vec<f64>,
     size: usize,
     rejected: Vec<&'static str>,
-    started: Instant,
 }
 
 /// What happened since the last status line.
@@ -488,7 +487,6 @@ impl<A: Acker> Ingest<A> {
             publish_ts,
             size,
             rejected: batch.rejected,
-            started: Instant::now(),
         });
     }
 
@@ -496,15 +494,16 @@ impl<A: Acker> Ingest<A> {
     async fn finish(
         &mut self,
         done: InFlight,
-        result: Result<Result<WriteOutcome, StoreError>, oneshot::error::RecvError>,
+        result: Result<Written, oneshot::error::RecvError>,
         ack: bool,
     ) -> Result<(), IngestError> {
-        let outcome = result.map_err(|_| StoreError::WorkerGone)??;
+        let written = result.map_err(|_| StoreError::WorkerGone)?;
+        let outcome = written.result?;
         let now = unix_now();
         self.cfg.metrics.committed(
             &outcome,
             &done.rejected,
-            done.started.elapsed().as_secs_f64(),
+            written.took.as_secs_f64(),
             done.publish_ts.iter().map(|p| now - p),
         );
         let i = &mut self.interval;

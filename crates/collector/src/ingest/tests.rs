@@ -9,7 +9,7 @@
 //! advances it.
 
 use super::*;
-use crate::store::Store;
+use crate::store::{Store, WriteOutcome};
 use std::future::Future;
 use std::sync::{Arc, Condvar, Mutex};
 use tokio::sync::{mpsc, watch};

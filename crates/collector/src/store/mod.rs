@@ -22,7 +22,7 @@ pub use lazy::Lazy;
 pub use retry::{Retrying, StoreHealth};
 pub use shared::Shared;
 pub use sqlite::{open_read_only, payload_hash, SqliteStore, SyncMode};
-pub use worker::StoreWorker;
+pub use worker::{StoreWorker, Written};
 
 use std::path::PathBuf;
 

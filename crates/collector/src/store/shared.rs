@@ -59,7 +59,7 @@ mod tests {
             .collect();
         let (mut stored, mut duplicates) = (0, 0);
         for r in replies {
-            let out = r.await.unwrap().unwrap();
+            let out = r.await.unwrap().result.unwrap();
             stored += out.stored;
             duplicates += out.duplicates;
         }

@@ -9,7 +9,17 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use tokio::sync::oneshot;
 
-type Reply = oneshot::Sender<Result<WriteOutcome, StoreError>>;
+/// What a lane answers for one batch.
+#[derive(Debug)]
+pub struct Written {
+    /// The store's outcome.
+    pub result: Result<WriteOutcome, StoreError>,
+    /// How long the store took, from the moment a lane took the batch: without
+    /// the time it waited behind other batches.
+    pub took: std::time::Duration,
+}
+
+type Reply = oneshot::Sender<Written>;
 type Job = (Vec<Record>, Reply);
 
 /// Runs [`Store`]s on OS threads of their own. With one lane, batches are written
@@ -45,7 +55,12 @@ impl StoreWorker {
                             .map_err(|_| ())
                             .and_then(|rx| rx.recv().map_err(|_| ()));
                         let Ok((batch, reply)) = job else { return };
-                        let _ = reply.send(store.write_batch(&batch));
+                        let start = std::time::Instant::now();
+                        let result = store.write_batch(&batch);
+                        let _ = reply.send(Written {
+                            result,
+                            took: start.elapsed(),
+                        });
                     })
                     .expect("cannot start a store thread")
             })
@@ -62,7 +77,7 @@ impl StoreWorker {
     }
 
     /// Queues a batch; the receiver resolves once it is committed (or failed).
-    pub fn write(&self, batch: Vec<Record>) -> oneshot::Receiver<Result<WriteOutcome, StoreError>> {
+    pub fn write(&self, batch: Vec<Record>) -> oneshot::Receiver<Written> {
         let (reply, rx) = oneshot::channel();
         if let Some(tx) = &self.tx {
             // If the thread is gone, `reply` is dropped and the receiver reports it.
@@ -111,8 +126,8 @@ mod tests {
         ));
         let first = worker.write(vec![row("a", Some(1))]);
         let second = worker.write(vec![row("a", Some(1)), row("a", Some(2))]);
-        assert_eq!(first.await.unwrap().unwrap().stored, 1);
-        let out = second.await.unwrap().unwrap();
+        assert_eq!(first.await.unwrap().result.unwrap().stored, 1);
+        let out = second.await.unwrap().result.unwrap();
         assert_eq!((out.stored, out.duplicates), (1, 1));
         drop(worker);
         let conn = open_read_only(&path).unwrap();
@@ -167,7 +182,30 @@ mod tests {
             release.send(()).unwrap();
         }
         for (n, r) in replies.into_iter().enumerate() {
-            assert_eq!(r.await.unwrap().unwrap().stored, n + 1);
+            assert_eq!(r.await.unwrap().result.unwrap().stored, n + 1);
         }
+    }
+
+    #[tokio::test]
+    async fn the_time_taken_leaves_out_the_wait_behind_earlier_batches() {
+        let (started, starts) = std::sync::mpsc::channel();
+        let (release, go) = std::sync::mpsc::channel();
+        let worker = StoreWorker::spawn(Box::new(Gate {
+            started,
+            go: Arc::new(Mutex::new(go)),
+        }));
+        let first = worker.write(vec![row("a", Some(1))]);
+        let second = worker.write(vec![row("a", Some(2))]);
+        starts
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap();
+        // The first batch is held for this long; the second waits behind it.
+        let hold = std::time::Duration::from_millis(300);
+        std::thread::sleep(hold);
+        release.send(()).unwrap();
+        release.send(()).unwrap();
+        let (first, second) = (first.await.unwrap(), second.await.unwrap());
+        assert!(first.took >= hold, "{:?}", first.took);
+        assert!(second.took < hold, "{:?}", second.took);
     }
 }
