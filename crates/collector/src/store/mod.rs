@@ -124,3 +124,16 @@ pub trait Store: Send {
     /// Writes every record in one transaction, or nothing.
     fn write_batch(&mut self, batch: &[Record]) -> Result<WriteOutcome, StoreError>;
 }
+
+/// A reading of `device` with `seq` and an empty payload, for the stores' tests.
+#[cfg(test)]
+pub(crate) fn test_row(device: &str, seq: Option<i64>) -> Record {
+    Record::Telemetry(TelemetryRow {
+        device_id: device.into(),
+        seq,
+        topic: format!("device/data/{device}"),
+        publish_ts: Some(1.0),
+        receive_ts: 1.5,
+        payload: "{}".into(),
+    })
+}

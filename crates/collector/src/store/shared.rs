@@ -27,18 +27,7 @@ impl Store for Shared {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{open_read_only, SqliteStore, StoreWorker, SyncMode, TelemetryRow};
-
-    fn row(seq: i64) -> Record {
-        Record::Telemetry(TelemetryRow {
-            device_id: "d".into(),
-            seq: Some(seq),
-            topic: "device/data/d".into(),
-            publish_ts: Some(1.0),
-            receive_ts: 1.5,
-            payload: format!("{{\"seq\":{seq}}}"),
-        })
-    }
+    use crate::store::{open_read_only, test_row, SqliteStore, StoreWorker, SyncMode};
 
     #[tokio::test]
     async fn lanes_share_one_sqlite_file_without_losing_a_row() {
@@ -55,7 +44,13 @@ mod tests {
         assert_eq!(worker.lanes(), 4);
         // 40 batches of 10, every seq twice: each stored once, each repeat a duplicate.
         let replies: Vec<_> = (0..40)
-            .map(|b| worker.write(((b % 20) * 10..(b % 20) * 10 + 10).map(row).collect()))
+            .map(|b| {
+                worker.write(
+                    ((b % 20) * 10..(b % 20) * 10 + 10)
+                        .map(|seq| test_row("d", Some(seq)))
+                        .collect(),
+                )
+            })
             .collect();
         let (mut stored, mut duplicates) = (0, 0);
         for r in replies {

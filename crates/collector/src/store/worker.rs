@@ -100,18 +100,7 @@ impl Drop for StoreWorker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{open_read_only, SqliteStore, SyncMode, TelemetryRow};
-
-    fn row(device: &str, seq: Option<i64>) -> Record {
-        Record::Telemetry(TelemetryRow {
-            device_id: device.into(),
-            seq,
-            topic: format!("device/data/{device}"),
-            publish_ts: Some(1.0),
-            receive_ts: 1.5,
-            payload: "{}".into(),
-        })
-    }
+    use crate::store::{open_read_only, test_row as row, SqliteStore, SyncMode};
 
     fn count(conn: &rusqlite::Connection, sql: &str) -> i64 {
         conn.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap()

@@ -1,18 +1,7 @@
 //! Tests of the SQLite store on temporary files.
 
 use super::*;
-use crate::store::{RejectedRow, TelemetryRow};
-
-fn row(device: &str, seq: Option<i64>) -> Record {
-    Record::Telemetry(TelemetryRow {
-        device_id: device.into(),
-        seq,
-        topic: format!("device/data/{device}"),
-        publish_ts: Some(1.0),
-        receive_ts: 1.5,
-        payload: "{}".into(),
-    })
-}
+use crate::store::{test_row as row, RejectedRow, TelemetryRow};
 
 fn count(conn: &Connection, sql: &str) -> i64 {
     conn.query_row(sql, [], |r| r.get::<_, f64>(0)).unwrap() as i64
