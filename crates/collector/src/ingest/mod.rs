@@ -367,9 +367,7 @@ impl<A: Acker> Ingest<A> {
             }
             // No input waiting, the batch full or old enough: commit now, unless every
             // lane is busy (then this batch goes as soon as the oldest returns).
-            if self.in_flight.len() < self.store.lanes() && !self.open.is_empty() {
-                self.commit();
-            }
+            self.commit_if_a_lane_is_free();
         }
     }
 
@@ -469,6 +467,12 @@ impl<A: Acker> Ingest<A> {
         });
     }
 
+    fn commit_if_a_lane_is_free(&mut self) {
+        if !self.open.is_empty() && self.in_flight.len() < self.store.lanes() {
+            self.commit();
+        }
+    }
+
     /// Hands the open batch to the store thread.
     fn commit(&mut self) {
         let batch = std::mem::take(&mut self.open);
@@ -541,9 +545,7 @@ impl<A: Acker> Ingest<A> {
 
     async fn drain_inner(&mut self, ack: bool) -> Result<(), StoreError> {
         loop {
-            if !self.open.is_empty() && self.in_flight.len() < self.store.lanes() {
-                self.commit();
-            }
+            self.commit_if_a_lane_is_free();
             let Some(mut done) = self.in_flight.pop_front() else {
                 return Ok(());
             };
