@@ -90,11 +90,8 @@ impl InfluxDb {
             agent(self.ca_crt.as_deref()),
             format!("{}/ping", self.url()),
         );
-        let up = wait_until(START_TIMEOUT, || {
-            !self.is_running() || get(&agent, &url, &[]).0 == 204
-        });
         assert!(
-            up && self.is_running(),
+            answers(&mut self.child, &agent, &url, 204),
             "influxd did not answer /ping within {START_TIMEOUT:?}; log:\n{}",
             self.log()
         );
@@ -102,10 +99,7 @@ impl InfluxDb {
 
     /// SIGTERM and wait: the port is closed when this returns.
     pub fn stop(&mut self) {
-        if let Some(mut guard) = self.child.take() {
-            guard.signal(libc::SIGTERM);
-            guard.wait_output(Duration::from_secs(20));
-        }
+        stop(&mut self.child);
     }
 
     /// True while influxd runs.
@@ -245,11 +239,8 @@ impl VictoriaMetrics {
             });
         self.child = Some(ChildGuard { child: Some(child) });
         let (agent, url) = (agent(None), format!("{}/health", self.url()));
-        let up = wait_until(START_TIMEOUT, || {
-            !self.is_running() || get(&agent, &url, &[]).0 == 200
-        });
         assert!(
-            up && self.is_running(),
+            answers(&mut self.child, &agent, &url, 200),
             "victoria-metrics did not answer /health within {START_TIMEOUT:?}; log:\n{}",
             self.log()
         );
@@ -257,10 +248,7 @@ impl VictoriaMetrics {
 
     /// SIGTERM and wait.
     pub fn stop(&mut self) {
-        if let Some(mut guard) = self.child.take() {
-            guard.signal(libc::SIGTERM);
-            guard.wait_output(Duration::from_secs(20));
-        }
+        stop(&mut self.child);
     }
 
     /// True while it runs.
@@ -299,6 +287,23 @@ impl VictoriaMetrics {
 }
 
 /// A client for the test servers, trusting `ca` (PEM) for HTTPS; never through a proxy.
+/// Waits until the server in `child` answers `url` with `status`; false if it
+/// exits first or does not answer in time.
+fn answers(child: &mut Option<ChildGuard>, agent: &ureq::Agent, url: &str, status: u16) -> bool {
+    let mut running = || child.as_mut().is_some_and(ChildGuard::is_running);
+    wait_until(START_TIMEOUT, || {
+        !running() || get(agent, url, &[]).0 == status
+    }) && running()
+}
+
+/// SIGTERM and wait: the port is closed when this returns.
+fn stop(child: &mut Option<ChildGuard>) {
+    if let Some(mut guard) = child.take() {
+        guard.signal(libc::SIGTERM);
+        guard.wait_output(Duration::from_secs(20));
+    }
+}
+
 fn agent(ca: Option<&Path>) -> ureq::Agent {
     use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
     let mut config = ureq::Agent::config_builder()
