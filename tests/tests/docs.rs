@@ -4,9 +4,10 @@
 //! dependencies). The env examples and the troubleshooting table have files of
 //! their own (env_examples.rs, troubleshooting.rs).
 
-use crate::kit::{repo, section, text, tracked_files, vars_read_by, without_test_items, words};
+use crate::kit::{
+    repo, rust_files, section, text, tracked_files, vars_read_by, without_test_items, words,
+};
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::time::Duration;
 
 fn read(rel: &str) -> String {
@@ -59,19 +60,8 @@ fn no_file_in_the_repository_points_outside_it() {
 /// its submodules) whose path relative to `src/` passes `keep`, each without its
 /// test module, joined.
 fn store_sources(keep: impl Fn(&str) -> bool) -> String {
-    fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                walk(&p, out);
-            } else if p.extension().is_some_and(|x| x == "rs") {
-                out.push(p);
-            }
-        }
-    }
     let src = repo().join("crates/collector/src");
-    let mut files = Vec::new();
-    walk(&src, &mut files);
+    let mut files = rust_files(&src);
     files.retain(|f| {
         let rel = f.strip_prefix(&src).unwrap().to_string_lossy().into_owned();
         (rel == "store.rs" || rel.starts_with("store/")) && !rel.ends_with("tests.rs") && keep(&rel)

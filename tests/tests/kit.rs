@@ -58,11 +58,8 @@ pub fn mosquitto_pub(args: &[&str]) -> Output {
     e2e::run_with_timeout(&mut cmd, Duration::from_secs(15))
 }
 
-/// Variables the sources of `crate_dir` read: a whole string literal of an
-/// upper-case name right after `get(`, `bool(`, `parse(`, `parse::<T>(`,
-/// `seconds(env, `, `var(`, `var_os(` or clap's `env = `. Test items are left out
-/// (see [`without_test_items`]).
-pub fn vars_read_by(crate_dir: &Path) -> BTreeSet<String> {
+/// Every `.rs` file below `dir`.
+pub fn rust_files(dir: &Path) -> Vec<PathBuf> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         for e in std::fs::read_dir(dir).unwrap() {
             let p = e.unwrap().path();
@@ -74,7 +71,16 @@ pub fn vars_read_by(crate_dir: &Path) -> BTreeSet<String> {
         }
     }
     let mut files = Vec::new();
-    walk(&crate_dir.join("src"), &mut files);
+    walk(dir, &mut files);
+    files
+}
+
+/// Variables the sources of `crate_dir` read: a whole string literal of an
+/// upper-case name right after `get(`, `bool(`, `parse(`, `parse::<T>(`,
+/// `seconds(env, `, `var(`, `var_os(` or clap's `env = `. Test items are left out
+/// (see [`without_test_items`]).
+pub fn vars_read_by(crate_dir: &Path) -> BTreeSet<String> {
+    let files = rust_files(&crate_dir.join("src"));
     let mut vars = BTreeSet::new();
     for f in files {
         let src = without_test_items(&std::fs::read_to_string(&f).unwrap());
